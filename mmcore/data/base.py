@@ -1,0 +1,81 @@
+"""What every dataset hands to the model: raw samples in, one padded ``Batch`` out.
+
+A dataset is a list of ``Sample`` records (paths and strings, nothing decoded) plus its
+label names and task type. Decoding, tokenising and the missing-modality table are
+applied by the collator, so real missingness (a row without image or text) and
+simulated missingness (the protocol's table) travel the same path: ``has_image`` and
+``has_text`` in the ``Batch``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Literal, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+TaskType = Literal["multiclass", "multilabel", "binary"]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One example as stored on disk; ``image``/``text`` are None where the modality is absent."""
+
+    id: str
+    image: Path | None
+    text: str | None
+    label: tuple[int, ...]  # class index (multiclass/binary: one entry) or label indices
+
+
+class MultimodalDataset(Dataset):
+    """A split of a dataset: samples, label names and task type. Items are raw ``Sample``s."""
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        classes: Sequence[str],
+        task_type: TaskType,
+        name: str,
+        split: str,
+    ) -> None:
+        self.samples = list(samples)
+        self.classes = list(classes)
+        self.task_type: TaskType = task_type
+        self.name = name
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[int, Sample]:
+        return index, self.samples[index]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.name}/{self.split}: {len(self)} samples, "
+                f"{self.num_classes} classes, {self.task_type})")
+
+
+@dataclass
+class Batch:
+    """A collated batch. Rows whose modality is missing hold zeros there and are never encoded."""
+
+    index: Tensor  # (B,) long: position of each sample in its split (keys the missing table)
+    pixel_values: Tensor  # (B, 3, H, W) float
+    input_ids: Tensor  # (B, L) long, padded to the batch's longest text
+    attention_mask: Tensor  # (B, L) long, 1 = real token
+    has_image: Tensor  # (B,) bool
+    has_text: Tensor  # (B,) bool
+    labels: Tensor  # (B,) long for multiclass/binary; (B, C) float for multilabel
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        return Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
+                        for f in fields(self)})
+
+    def __len__(self) -> int:
+        return self.index.shape[0]
