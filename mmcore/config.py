@@ -93,6 +93,7 @@ class RunConfig:
     compile: bool = False  # torch.compile the encoders
     eval_batch_size: int = 64
     progress: bool = True  # tqdm progress bars
+    checkpoint_every: int = 0  # optimiser steps between mid-epoch "last" checkpoints (0: epoch ends)
 
 
 @dataclass
@@ -157,7 +158,7 @@ class Config:
                 section = owner[leaf]
             if section not in tree:
                 _reject_unknown({section: None}, tree, where="config section")
-            _reject_unknown({leaf: None}, tree[section], where=f"key in '{section}'")
+            _reject_unknown({leaf: None}, tree[section], where="key", scope=section)
             tree[section][leaf] = yaml.safe_load(raw) if raw != "" else ""
         return Config.from_dict(tree)
 
@@ -215,6 +216,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "clip_grad": (0.0, None),
     "seed": (0, None),
     "eval_batch_size": (1, None),
+    "checkpoint_every": (0, None),
 }
 
 
@@ -271,7 +273,7 @@ def leaf_owners() -> dict[str, str]:
 
 def _build_section(section_cls: type, values: Mapping[str, Any], prefix: str) -> Any:
     hints = get_type_hints(section_cls)
-    _reject_unknown(values, hints, where=f"key in '{prefix}'")
+    _reject_unknown(values, hints, where="key", scope=prefix)
     coerced = {}
     for key, value in values.items():
         if hints[key] is float and not isinstance(value, bool):
@@ -291,11 +293,14 @@ def _as_float(value: Any) -> Any:
         return value  # left for validation to reject with the key's name
 
 
-def _reject_unknown(given: Mapping[str, Any], valid: Mapping[str, Any], where: str) -> None:
+def _reject_unknown(
+    given: Mapping[str, Any], valid: Mapping[str, Any], where: str, scope: str = ""
+) -> None:
     unknown = [k for k in given if k not in valid]
     if unknown:
+        inside = f" in '{scope}'" if scope else ""
         raise ConfigError(
-            f"unknown {where} '{unknown[0]}'; valid: {', '.join(sorted(valid))}"
+            f"unknown {where} '{unknown[0]}'{inside}; valid: {', '.join(sorted(valid))}"
         )
 
 

@@ -1,0 +1,240 @@
+"""Users' own data: a CSV or JSONL manifest of (image, text, label) rows.
+
+Columns (CSV header or JSON keys): ``image`` (path relative to the manifest, or
+absolute), ``text``, ``label`` and, optionally, ``split`` (train / val / test) and ``id``.
+An empty ``image`` or ``text`` is real missingness: the sample keeps the other modality.
+Several labels are separated by ``|`` (JSONL may also give a list).
+
+Task type under ``task="auto"``: any row with several labels makes the task
+multilabel; otherwise exactly two classes make it binary (scored by AUROC, the positive
+class being the second in sorted order, e.g. "1", "true", "yes"); otherwise multiclass.
+Class names are sorted (numerically when all are integers).
+
+Without a ``split`` column the rows are split deterministically (seed 0, stratified by
+class for single-label tasks): 10% val, 10% test, the rest train. The same stratified
+ordering (``stratified_order``) carves Food-101's validation set and picks the
+``limit_samples`` subsets.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Hashable, Iterator, Sequence
+
+import numpy as np
+
+from mmcore.data.base import MultimodalDataset, Sample, TaskType
+
+MANIFEST_TASKS = ("auto", "multiclass", "multilabel", "binary")
+REQUIRED_COLUMNS = ("image", "text", "label")
+SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val",
+                 "dev": "val", "test": "test"}
+HOLDOUT_FRACTION = 0.1  # val and test each, when the manifest has no split column
+
+
+def stratified_order(strata: Sequence[Hashable], seed: int = 0) -> np.ndarray:
+    """A seeded permutation of ``range(len(strata))`` whose every prefix is stratified.
+
+    Within each stratum the order is random; across strata, the r-th of m members is
+    placed at key (r + 1/2) / m, so any prefix of length k holds each stratum in
+    proportion to its size (within one sample). Carving a split is then taking a prefix.
+
+    Args:
+        strata: one hashable per sample (its class), or all equal for a plain shuffle.
+        seed: seed of ``numpy.random.default_rng``.
+
+    Returns:
+        (n,) int64 indices.
+    """
+    perm = np.random.default_rng(seed).permutation(len(strata))
+    sizes: dict[Hashable, int] = {}
+    for s in strata:
+        sizes[s] = sizes.get(s, 0) + 1
+    seen: dict[Hashable, int] = {}
+    keys = np.empty(len(perm))
+    for pos, i in enumerate(perm):
+        s = strata[i]
+        keys[pos] = (seen.get(s, 0) + 0.5) / sizes[s]
+        seen[s] = seen.get(s, 0) + 1
+    return perm[np.argsort(keys, kind="stable")]
+
+
+def sample_strata(samples: Sequence[Sample], task_type: TaskType) -> list[Hashable]:
+    """Stratum of each sample: its class for single-label tasks, one stratum for multilabel."""
+    if task_type == "multilabel":
+        return [0] * len(samples)
+    return [s.label[0] if s.label else -1 for s in samples]
+
+
+def subset(dataset: MultimodalDataset, indices: Sequence[int] | np.ndarray) -> MultimodalDataset:
+    """The samples at ``indices`` (kept in their original order), same classes and task."""
+    chosen = [dataset.samples[i] for i in sorted(int(i) for i in indices)]
+    return MultimodalDataset(chosen, dataset.classes, dataset.task_type, dataset.name,
+                             dataset.split)
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, row) pairs; the line number is what an editor shows."""
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(f"{path}: missing column '{missing[0]}' in the header "
+                                 f"{reader.fieldnames}; required: {', '.join(REQUIRED_COLUMNS)}")
+            for row in reader:
+                yield reader.line_num, row  # the row's last line (a quoted newline spans two)
+        return
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}: line {line_no} is not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}: line {line_no} must be a JSON object")
+            for column in REQUIRED_COLUMNS:
+                if column not in row:
+                    raise ValueError(f"{path}: line {line_no} has no column '{column}'; "
+                                     f"required: {', '.join(REQUIRED_COLUMNS)}")
+            yield line_no, row
+
+
+def _cell(value: Any) -> str | None:
+    """A cell as a string; empty, whitespace or null cells are None."""
+    if value is None:
+        return None
+    text = str(value)
+    return text if text.strip() else None
+
+
+def _label_names(value: Any, where: str) -> list[str]:
+    names = ([str(v).strip() for v in value] if isinstance(value, list)
+             else str(value if value is not None else "").split("|"))
+    names = [n.strip() for n in names if n.strip()]
+    if not names:
+        raise ValueError(f"{where}, column 'label': empty label")
+    return names
+
+
+def _sorted_classes(names: set[str]) -> list[str]:
+    if all(n.lstrip("-").isdigit() for n in names):
+        return sorted(names, key=int)
+    return sorted(names)
+
+
+def _task_type(task: str, rows: list[dict[str, Any]], classes: list[str], path: Path) -> TaskType:
+    if task not in MANIFEST_TASKS:
+        raise ValueError(f"data.task={task!r} is not valid for a manifest; valid: "
+                         f"{', '.join(MANIFEST_TASKS)}")
+    multi = next((r for r in rows if len(r["labels"]) > 1), None)
+    if task == "auto":
+        task = "multilabel" if multi else "binary" if len(classes) == 2 else "multiclass"
+    if task != "multilabel" and multi is not None:
+        raise ValueError(f"{path}: line {multi['line']} has several labels "
+                         f"({'|'.join(multi['labels'])}) but data.task={task}")
+    if task == "binary" and len(classes) != 2:
+        raise ValueError(f"{path}: data.task=binary needs exactly 2 classes, found "
+                         f"{len(classes)}: {', '.join(classes[:10])}")
+    if task != "multilabel" and len(classes) < 2:
+        raise ValueError(f"{path}: only one class ({classes[0]}); a classifier needs two or more")
+    return task  # type: ignore[return-value]
+
+
+def _assign_splits(rows: list[dict[str, Any]], task_type: TaskType, path: Path) -> None:
+    given = [r["split"] for r in rows]
+    if any(s is not None for s in given):
+        for r in rows:
+            if r["split"] is None:
+                raise ValueError(f"{path}: line {r['line']}, column 'split' is empty; give every "
+                                 "row a split (train, val, test) or drop the column")
+            if r["split"].strip().lower() not in SPLIT_ALIASES:
+                raise ValueError(f"{path}: line {r['line']}, column 'split': {r['split']!r}; "
+                                 f"valid: {', '.join(SPLIT_ALIASES)}")
+            r["split"] = SPLIT_ALIASES[r["split"].strip().lower()]
+        return
+    strata = [0] * len(rows) if task_type == "multilabel" else [r["labels"][0] for r in rows]
+    order = stratified_order(strata, seed=0)
+    n_holdout = round(len(rows) * HOLDOUT_FRACTION)
+    for pos, i in enumerate(order):
+        rows[i]["split"] = "val" if pos < n_holdout else "test" if pos < 2 * n_holdout else "train"
+
+
+def load_manifest(
+    path: str | Path,
+    split: str,
+    task: str = "auto",
+    bad_sample_policy: str = "missing",
+) -> MultimodalDataset:
+    """Load one split of a CSV / JSONL manifest.
+
+    Args:
+        path: the manifest file (``.csv``, or ``.jsonl`` / ``.json`` with one object per line).
+        split: "train", "val" or "test".
+        task: "auto", "multiclass", "multilabel" or "binary" (``DataConfig.task``).
+        bad_sample_policy: for an image path that does not exist: "missing" keeps the row
+            without its image (one warning), "skip" drops the row, "stop" raises.
+
+    Returns:
+        The split as a ``MultimodalDataset`` named after the manifest's file stem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {path} (a .csv with header "
+                                "image,text,label[,split][,id], or a .jsonl with those keys)")
+    if path.suffix.lower() not in (".csv", ".jsonl", ".json"):
+        raise ValueError(f"{path}: unknown manifest format; use .csv or .jsonl")
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split={split!r} for a manifest; valid: train, val, test")
+    rows: list[dict[str, Any]] = []
+    ids: dict[str, int] = {}
+    for line, raw in _rows(path):
+        where = f"{path}: line {line}"
+        image, text = _cell(raw.get("image")), _cell(raw.get("text"))
+        if image is None and text is None:
+            raise ValueError(f"{where}: both 'image' and 'text' are empty; a row needs at "
+                             "least one")
+        sample_id = _cell(raw.get("id")) or f"line{line}"
+        if sample_id in ids:
+            raise ValueError(f"{where}, column 'id': {sample_id!r} already used on line "
+                             f"{ids[sample_id]}")
+        ids[sample_id] = line
+        rows.append({"line": line, "id": sample_id, "image": image, "text": text,
+                     "labels": _label_names(raw.get("label"), where),
+                     "split": _cell(raw.get("split"))})
+    if not rows:
+        raise ValueError(f"{path}: the manifest has no rows")
+    classes = _sorted_classes({n for r in rows for n in r["labels"]})
+    task_type = _task_type(task, rows, classes, path)
+    _assign_splits(rows, task_type, path)
+    class_index = {c: i for i, c in enumerate(classes)}
+    samples, absent = [], []
+    for r in (r for r in rows if r["split"] == split):
+        image = Path(r["image"]) if r["image"] is not None else None
+        if image is not None and not image.is_absolute():
+            image = path.parent / image
+        if image is not None and not image.is_file():
+            if bad_sample_policy == "stop":
+                raise FileNotFoundError(f"{path}: line {r['line']}, column 'image': {image} "
+                                        "does not exist")
+            absent.append(f"line {r['line']}: {image}")
+            if bad_sample_policy == "skip":
+                continue
+            image = None
+        label = tuple(sorted(class_index[n] for n in set(r["labels"])))
+        samples.append(Sample(r["id"], image, r["text"], label))
+    if absent:
+        action = "rows dropped" if bad_sample_policy == "skip" else "kept without their image"
+        warnings.warn(f"{path}: {len(absent)} image(s) do not exist ({action}); first: "
+                      f"{'; '.join(absent[:3])}", stacklevel=2)
+    return MultimodalDataset(samples, classes, task_type, path.stem, split)
+
+
+__all__ = ["MANIFEST_TASKS", "load_manifest", "sample_strata", "stratified_order", "subset"]

@@ -1,0 +1,183 @@
+"""The benchmarks' metrics, computed by scikit-learn from logits.
+
+Every metric takes raw logits (what ``FusionModel`` returns) and the collated labels,
+so there is one place that turns scores into decisions:
+
+- multiclass: ``(N, C)`` logits, ``(N,)`` class indices; decisions by argmax.
+- binary: ``(N, 2)`` logits (softmax, positive class 1) or ``(N,)`` / ``(N, 1)`` logits
+  (sigmoid); ``(N,)`` labels in {0, 1}; decisions at probability 0.5.
+- multilabel: ``(N, C)`` logits, ``(N, C)`` multi-hot labels; decisions at sigmoid 0.5
+  (logit 0), as MM-IMDb's F1 is reported.
+
+Headline metrics follow the protocol: accuracy (Food-101), F1-macro (MM-IMDb), AUROC
+(Hateful Memes). Labels below zero mark unlabelled rows (``mmcore.data.collate.UNLABELLED``);
+scoring them is refused. A class without positives makes F1 zero for that class (scikit-
+learn's ``zero_division=0``); AUROC skips classes where it is undefined (no positives or
+no negatives) and is NaN when no class is left.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Callable, NamedTuple
+
+import numpy as np
+from sklearn import metrics as skm
+from torch import Tensor
+
+from mmcore.data.base import TaskType
+
+ArrayLike = Tensor | np.ndarray
+MetricFn = Callable[[ArrayLike, ArrayLike], float]
+
+
+def _numpy(x: ArrayLike) -> np.ndarray:
+    if isinstance(x, Tensor):
+        x = x.detach().float().cpu().numpy() if x.is_floating_point() else x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+def _prepare(logits: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Arrays, checked shapes, and whether the task is multilabel (2-D labels)."""
+    scores = _numpy(logits).astype(np.float64)
+    targets = _numpy(labels)
+    if scores.shape[0] != targets.shape[0]:
+        raise ValueError(f"logits have {scores.shape[0]} rows but labels have {targets.shape[0]}")
+    if scores.shape[0] == 0:
+        raise ValueError("cannot score an empty set of predictions")
+    multilabel = targets.ndim == 2
+    if multilabel:
+        if scores.shape != targets.shape:
+            raise ValueError(f"multilabel logits {scores.shape} and labels {targets.shape} differ")
+        return scores, targets.astype(np.int64), True
+    if (targets < 0).any():
+        raise ValueError(
+            f"{int((targets < 0).sum())} of {len(targets)} rows are unlabelled (label < 0): "
+            "this split has no ground truth (e.g. an unlabelled Hateful Memes test file) "
+            "and cannot be scored"
+        )
+    return scores, targets.astype(np.int64), False
+
+
+def _decisions(scores: np.ndarray) -> np.ndarray:
+    """Class indices from single-label logits: argmax, or logit > 0 for a single column."""
+    if scores.ndim == 1 or scores.shape[1] == 1:
+        return (scores.reshape(-1) > 0).astype(np.int64)
+    return scores.argmax(axis=1)
+
+
+def accuracy(logits: ArrayLike, labels: ArrayLike) -> float:
+    """Fraction of correct decisions; for multilabel, of correct (row, label) entries."""
+    scores, targets, multilabel = _prepare(logits, labels)
+    if multilabel:
+        return float(((scores > 0) == targets.astype(bool)).mean())
+    return float(skm.accuracy_score(targets, _decisions(scores)))
+
+
+def _f1(logits: ArrayLike, labels: ArrayLike, average: str) -> float:
+    scores, targets, multilabel = _prepare(logits, labels)
+    if multilabel:
+        return float(skm.f1_score(targets, (scores > 0).astype(np.int64), average=average,
+                                  zero_division=0))
+    num_classes = 2 if scores.ndim == 1 or scores.shape[1] == 1 else scores.shape[1]
+    return float(skm.f1_score(targets, _decisions(scores), average=average,
+                              labels=np.arange(num_classes), zero_division=0))
+
+
+def f1_macro(logits: ArrayLike, labels: ArrayLike) -> float:
+    """Unweighted mean of per-class F1 (sigmoid > 0.5 for multilabel, argmax otherwise)."""
+    return _f1(logits, labels, "macro")
+
+
+def f1_micro(logits: ArrayLike, labels: ArrayLike) -> float:
+    """F1 over all (row, class) decisions pooled (equals accuracy for single-label tasks)."""
+    return _f1(logits, labels, "micro")
+
+
+def auroc(logits: ArrayLike, labels: ArrayLike) -> float:
+    """Area under the ROC curve: binary, or macro one-vs-rest over the classes where defined.
+
+    Multiclass scores are softmax probabilities (scikit-learn's ``multi_class="ovr"``);
+    multilabel scores are per-label logits. Classes without positives or without negatives
+    are left out of the mean (with a warning); NaN if none is defined.
+    """
+    scores, targets, multilabel = _prepare(logits, labels)
+    if not multilabel and (scores.ndim == 1 or scores.shape[1] == 1):
+        scores, targets = scores.reshape(-1, 1), targets.reshape(-1, 1)
+    elif not multilabel and scores.shape[1] == 2:
+        scores, targets = _softmax(scores)[:, 1:], targets.reshape(-1, 1)
+    elif not multilabel:
+        scores = _softmax(scores)
+        targets = targets[:, None] == np.arange(scores.shape[1])[None, :]
+    positives = targets.sum(axis=0)
+    defined = np.flatnonzero((positives > 0) & (positives < len(targets)))
+    if len(defined) < scores.shape[1]:
+        warnings.warn(f"AUROC undefined for {scores.shape[1] - len(defined)} of {scores.shape[1]} "
+                      "classes (no positives or no negatives); left out of the mean",
+                      stacklevel=2)
+    if len(defined) == 0:
+        return float("nan")
+    return float(np.mean([skm.roc_auc_score(targets[:, c], scores[:, c]) for c in defined]))
+
+
+class Metric(NamedTuple):
+    """A metric's report name and its function ``(logits, labels) -> float``."""
+
+    name: str
+    fn: MetricFn
+
+
+_HEADLINE: dict[str, Metric] = {
+    "multiclass": Metric("accuracy", accuracy),
+    "multilabel": Metric("f1_macro", f1_macro),
+    "binary": Metric("auroc", auroc),
+}
+
+_REPORTED: dict[str, tuple[Metric, ...]] = {
+    "multiclass": (Metric("accuracy", accuracy), Metric("f1_macro", f1_macro),
+                   Metric("auroc", auroc)),
+    "multilabel": (Metric("f1_macro", f1_macro), Metric("f1_micro", f1_micro),
+                   Metric("auroc", auroc)),
+    "binary": (Metric("auroc", auroc), Metric("accuracy", accuracy),
+               Metric("f1_macro", f1_macro)),
+}
+
+
+def metric_for(task_type: TaskType) -> Metric:
+    """The protocol's headline metric for a task type (accuracy, f1_macro or auroc)."""
+    if task_type not in _HEADLINE:
+        raise ValueError(f"unknown task type {task_type!r}; valid: {', '.join(_HEADLINE)}")
+    return _HEADLINE[task_type]
+
+
+def compute_metrics(logits: ArrayLike, labels: ArrayLike, task_type: TaskType) -> dict[str, float]:
+    """Every metric reported for a task type, headline first.
+
+    Args:
+        logits: (N, C) scores, or (N,) for a single-logit binary head.
+        labels: (N,) class indices or (N, C) multi-hot, as ``Batch.labels``.
+        task_type: "multiclass", "multilabel" or "binary".
+
+    Returns:
+        Metric name -> value, e.g. ``{"f1_macro": ..., "f1_micro": ..., "auroc": ...}``.
+    """
+    metric_for(task_type)  # validates task_type
+    if task_type == "multilabel" and _numpy(labels).ndim != 2:
+        raise ValueError("multilabel metrics need (N, C) multi-hot labels")
+    if task_type != "multilabel" and _numpy(labels).ndim != 1:
+        raise ValueError(f"{task_type} metrics need (N,) class-index labels")
+    with warnings.catch_warnings():
+        # classes without positives are expected on small sets; auroc() alone still warns
+        warnings.simplefilter("ignore", UserWarning)
+        return {m.name: m.fn(logits, labels) for m in _REPORTED[task_type]}
+
+
+__all__ = ["Metric", "accuracy", "auroc", "compute_metrics", "f1_macro", "f1_micro", "metric_for"]

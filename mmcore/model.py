@@ -1,0 +1,420 @@
+"""Feature predictors, per-modality heads and late fusion over two unimodal encoders.
+
+``FusionModel`` encodes each modality only on the rows that have it, predicts the other
+modality's embedding from it, and sums the two heads' logits (late fusion). A missing
+modality's head is fed a fill: the predicted embedding (the method), zeros, or the
+encoder's embedding of a MAP-style dummy input (baselines).
+
+Design choices the paper leaves open (method.md "DECIDE"), fixed here:
+
+- pooling over the K prompt outputs: their mean (order-free, the same for any K);
+- predictor: ``model.predictor_layers`` linear layers of width ``model.predictor_hidden``
+  with LayerNorm + GELU between them, a plain Linear last, so it can reach any target scale;
+- no projector/expander before VICReg: the predicted embedding must stand in for the true
+  one in the target head, so both are compared in the head's own space;
+- stop-gradient on the target: ``loss.stop_grad_target`` (default off: a joint embedding,
+  the target encoder's BitFit biases learn from the alignment too);
+- weight of the alignment in the total loss: ``loss.alpha``.
+
+Precision: the model does not switch autocast itself; the caller wraps its forward in
+``precision_context(device, precision)``. The losses always compute in float32.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from mmcore.config import Config, LossConfig, ModelConfig
+from mmcore.data.base import Batch, TaskType
+from mmcore.losses import alignment_loss, task_loss
+from mmcore.prompts import ReadOnlyPrompts
+
+if TYPE_CHECKING:
+    from mmcore.encoders import EncoderOutput
+
+Fill = Literal["predict", "zero", "dummy"]
+Modalities = Literal["both", "image", "text"]
+
+
+class FeaturePredictor(nn.Module):
+    """Map the available modality's prompt outputs (or its embedding) to the other's embedding."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int = 1024, layers: int = 2) -> None:
+        super().__init__()
+        if layers < 1:
+            raise ValueError(f"model.predictor_layers={layers}; must be >= 1")
+        blocks: list[nn.Module] = []
+        width = in_dim
+        for _ in range(layers - 1):
+            blocks += [nn.Linear(width, hidden), nn.LayerNorm(hidden), nn.GELU()]
+            width = hidden
+        blocks.append(nn.Linear(width, out_dim))
+        self.mlp = nn.Sequential(*blocks)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Predict a target embedding.
+
+        Args:
+            x: (N, K, D_in) prompt outputs, mean-pooled over K, or (N, D_in) an embedding.
+
+        Returns:
+            (N, D_out) predicted embedding.
+        """
+        if x.dim() == 3:
+            x = x.mean(dim=1)  # (N, K, D_in) -> (N, D_in)
+        return self.mlp(x)
+
+
+class ClassifierHead(nn.Module):
+    """Dropout + Linear on one modality's embedding; ``pre_logits`` returns the head's input."""
+
+    def __init__(self, in_dim: int, num_classes: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(in_dim, num_classes)
+
+    def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.drop(x)
+        return x if pre_logits else self.fc(x)  # (N, D) or (N, C)
+
+
+@dataclass
+class Embeddings:
+    """Full-batch embeddings; rows whose source modality is missing hold zeros.
+
+    ``pred_text`` is predicted from the image (valid where ``has_image``), ``pred_image``
+    from the text (valid where ``has_text``). A unimodal model leaves the absent
+    modality's fields as None.
+    """
+
+    image_emb: Tensor | None  # (B, Di)
+    text_emb: Tensor | None  # (B, Dt)
+    pred_image: Tensor | None  # (B, Di) from text
+    pred_text: Tensor | None  # (B, Dt) from image
+    has_image: Tensor  # (B,) bool
+    has_text: Tensor  # (B,) bool
+
+
+@dataclass
+class ModelOutput:
+    logits: Tensor  # (B, C) fused logits
+    loss: Tensor  # task + alpha * alignment
+    terms: dict[str, float]  # detached parts for logging: task, align, inv, var, cov
+
+
+class FusionModel(nn.Module):
+    """Two unimodal encoders, two feature predictors, two heads, and late fusion of their logits.
+
+    Encoders follow the ``mmcore.encoders`` contract: a call returns an ``EncoderOutput``
+    with ``embedding`` (N, D) and ``prompts`` (N, K, D), and the module has ``embed_dim``.
+    The image encoder is called as ``image_encoder(pixel_values)``, the text encoder as
+    ``text_encoder(input_ids, attention_mask)``.
+    """
+
+    def __init__(
+        self,
+        image_encoder: nn.Module | None,
+        text_encoder: nn.Module | None,
+        num_classes: int,
+        task_type: TaskType,
+        loss_cfg: LossConfig | None = None,
+        predict_from: Literal["prompts", "cls"] = "prompts",
+        predictor_hidden: int = 1024,
+        predictor_layers: int = 2,
+        fill: Fill = "predict",
+        head_dropout: float = 0.0,
+        image_size: int = 224,
+        dummy_text: tuple[Tensor, Tensor] | None = None,
+    ) -> None:
+        """
+        Args:
+            image_encoder: ViT wrapper, or None for a text-only model.
+            text_encoder: BERT wrapper, or None for an image-only model.
+            num_classes: logits per head (2 for binary tasks: see ``mmcore.losses.task_loss``).
+            task_type: "multiclass", "multilabel" or "binary"; picks the task loss.
+            loss_cfg: alignment loss, its coefficients, alpha and the stop-gradient.
+            predict_from: "prompts" (the method) or "cls" (the paper's baseline: the
+                source encoder's embedding feeds the predictor).
+            predictor_hidden: width of the predictor's hidden layers.
+            predictor_layers: linear layers per predictor.
+            fill: what stands in for a missing modality: "predict", "zero" or "dummy".
+            head_dropout: dropout before each head's Linear.
+            image_size: side of the all-ones dummy image (fill "dummy").
+            dummy_text: (1, L) input ids and attention mask of the empty text (fill "dummy").
+        """
+        super().__init__()
+        if image_encoder is None and text_encoder is None:
+            raise ValueError("FusionModel needs at least one encoder")
+        if predict_from not in ("prompts", "cls"):
+            raise ValueError(f"model.predict_from={predict_from!r}; valid: prompts, cls")
+        if fill not in ("predict", "zero", "dummy"):
+            raise ValueError(f"model.fill={fill!r}; valid: predict, zero, dummy")
+        if task_type == "binary" and num_classes != 2:
+            raise ValueError(f"binary tasks use 2 logits (softmax), got num_classes={num_classes}")
+        self.image_encoder = image_encoder
+        self.text_encoder = text_encoder
+        self.task_type: TaskType = task_type
+        self.loss_cfg = loss_cfg or LossConfig()
+        self.predict_from = predict_from
+        self.fill = fill
+        self.image_size = image_size
+        self.num_classes = num_classes
+
+        self.heads = nn.ModuleDict()
+        self.predictors = nn.ModuleDict()
+        if image_encoder is not None:
+            self.heads["image"] = ClassifierHead(image_encoder.embed_dim, num_classes, head_dropout)
+        if text_encoder is not None:
+            self.heads["text"] = ClassifierHead(text_encoder.embed_dim, num_classes, head_dropout)
+        if image_encoder is not None and text_encoder is not None:
+            di, dt = image_encoder.embed_dim, text_encoder.embed_dim
+            self.predictors["image_to_text"] = FeaturePredictor(
+                di, dt, predictor_hidden, predictor_layers)
+            self.predictors["text_to_image"] = FeaturePredictor(
+                dt, di, predictor_hidden, predictor_layers)
+        if dummy_text is not None:
+            self.register_buffer("dummy_input_ids", dummy_text[0].long(), persistent=False)
+            self.register_buffer("dummy_attention_mask", dummy_text[1].long(), persistent=False)
+        else:
+            self.dummy_input_ids = self.dummy_attention_mask = None
+
+    @property
+    def is_bimodal(self) -> bool:
+        return self.image_encoder is not None and self.text_encoder is not None
+
+    # --- encoding -------------------------------------------------------------------------
+
+    def encode(self, batch: Batch) -> Embeddings:
+        """Run each encoder on the rows that have its modality; predict the other modality.
+
+        Args:
+            batch: a collated ``Batch``; rows without a modality are never passed to its encoder.
+
+        Returns:
+            ``Embeddings`` with full-batch (B, D) tensors; rows without the source hold zeros.
+        """
+        image_emb = pred_text = text_emb = pred_image = None
+        if self.image_encoder is not None:
+            rows = batch.has_image.nonzero().squeeze(1)  # (N,)
+            out = self.image_encoder(batch.pixel_values[rows]) if rows.numel() else None
+            image_emb, pred_text = self._place(out, rows, len(batch), "image", "text")
+        if self.text_encoder is not None:
+            rows = batch.has_text.nonzero().squeeze(1)  # (N,)
+            out = (self.text_encoder(*_trim_padding(batch.input_ids[rows],
+                                                    batch.attention_mask[rows]))
+                   if rows.numel() else None)
+            text_emb, pred_image = self._place(out, rows, len(batch), "text", "image")
+        return Embeddings(image_emb, text_emb, pred_image, pred_text,
+                          batch.has_image, batch.has_text)
+
+    def _place(self, out: EncoderOutput | None, rows: Tensor, batch_size: int, source: str,
+               target: str) -> tuple[Tensor, Tensor | None]:
+        """Predict the target from the encoded rows; scatter both into (B, D) zeros."""
+        predictor = self.predictors[f"{source}_to_{target}"] if self.is_bimodal else None
+        dim = self.heads[source].fc.in_features
+        if out is None:  # no row has the source modality
+            emb = torch.zeros(batch_size, dim, device=rows.device)
+            pred = None if predictor is None else torch.zeros(
+                batch_size, self.heads[target].fc.in_features, device=rows.device)
+            return emb, pred
+        emb = _scatter_rows(out.embedding, rows, batch_size)  # (B, D)
+        if predictor is None:
+            return emb, None
+        inputs = out.prompts if self.predict_from == "prompts" else out.embedding
+        return emb, _scatter_rows(predictor(inputs), rows, batch_size)  # (B, D_target)
+
+    # --- fusion ---------------------------------------------------------------------------
+
+    def fill_missing(self, emb: Embeddings, has_image: Tensor, has_text: Tensor,
+                     fill: Fill | None = None) -> dict[str, Tensor]:
+        """Each head's input: the true embedding where present, else the fill.
+
+        Args:
+            emb: output of ``encode``.
+            has_image: (B,) bool availability to fuse under (may differ from ``emb``'s,
+                e.g. a sweep hiding modalities of a cached complete batch).
+            has_text: (B,) bool.
+            fill: overrides the model's fill ("predict", "zero", "dummy").
+
+        Returns:
+            ``{"image": (B, Di), "text": (B, Dt)}`` for the modalities the model has.
+        """
+        fill = fill or self.fill
+        inputs = {}
+        for name, true, pred, present in (("image", emb.image_emb, emb.pred_image, has_image),
+                                          ("text", emb.text_emb, emb.pred_text, has_text)):
+            if true is None:
+                continue
+            if bool(present.all()):
+                inputs[name] = true
+                continue
+            if fill == "predict" and pred is not None:
+                # zeros where the other modality is missing too (no source to predict from)
+                stand_in = pred
+            elif fill == "dummy":
+                stand_in = self.dummy_embedding(name).expand_as(true)  # (B, D)
+            else:
+                stand_in = torch.zeros_like(true)  # "zero"; also "predict" in a unimodal model
+            inputs[name] = torch.where(present[:, None], true, stand_in.to(true.dtype))
+        return inputs
+
+    def fuse(self, emb: Embeddings, has_image: Tensor, has_text: Tensor,
+             fill: Fill | None = None) -> Tensor:
+        """Late fusion: the sum of the heads' logits on the filled embeddings.
+
+        Args:
+            emb: output of ``encode``.
+            has_image: (B,) bool.
+            has_text: (B,) bool.
+            fill: overrides the model's fill.
+
+        Returns:
+            (B, C) fused logits.
+        """
+        inputs = self.fill_missing(emb, has_image, has_text, fill)
+        return sum(self.forward_head(x, name) for name, x in inputs.items())
+
+    def forward_head(self, x: Tensor, modality: str, pre_logits: bool = False) -> Tensor:
+        """One modality's head on (B, D) embeddings: (B, C) logits, or its input if pre_logits."""
+        return self.heads[modality](x, pre_logits=pre_logits)
+
+    def dummy_embedding(self, modality: str) -> Tensor:
+        """The encoder's (1, D) embedding of MAP's dummy input: an all-ones image, an empty text."""
+        if modality == "image":
+            param = next(self.image_encoder.parameters())
+            ones = torch.ones(1, 3, self.image_size, self.image_size, device=param.device)
+            return self.image_encoder(ones).embedding
+        if self.dummy_input_ids is None:
+            raise ValueError("model.fill='dummy' needs the empty text's token ids; "
+                             "pass dummy_text to FusionModel (build_model does)")
+        return self.text_encoder(self.dummy_input_ids, self.dummy_attention_mask).embedding
+
+    # --- training -------------------------------------------------------------------------
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        """Encode, fuse, and compute the task loss plus alpha times the alignment loss.
+
+        The alignment is computed on the rows that have both modalities and skipped (zero)
+        when fewer than two such rows exist.
+        """
+        emb = self.encode(batch)
+        logits = self.fuse(emb, batch.has_image, batch.has_text)
+        task = task_loss(logits, batch.labels, self.task_type)
+        align = inv = var = cov = task.new_zeros(())
+        paired = batch.has_image & batch.has_text
+        if self.is_bimodal and int(paired.sum()) >= 2:
+            for pred, true in ((emb.pred_text, emb.text_emb), (emb.pred_image, emb.image_emb)):
+                target = true[paired].detach() if self.loss_cfg.stop_grad_target else true[paired]
+                parts = alignment_loss(pred[paired], target, self.loss_cfg)
+                align, inv = align + parts.total, inv + parts.inv
+                var, cov = var + parts.var, cov + parts.cov
+        loss = task + self.loss_cfg.alpha * align
+        logged = {"task": task, "align": align, "inv": inv, "var": var, "cov": cov}
+        return ModelOutput(logits, loss, {k: float(v.detach()) for k, v in logged.items()})
+
+
+def _scatter_rows(values: Tensor, rows: Tensor, batch_size: int) -> Tensor:
+    """Place (N, D) row values at ``rows`` of a (B, D) zero tensor, keeping the graph."""
+    full = values.new_zeros(batch_size, values.shape[-1])
+    return full.index_copy(0, rows, values)
+
+
+def _trim_padding(input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Drop the trailing columns that are padding in every selected row."""
+    length = int(attention_mask.any(dim=0).nonzero().max()) + 1 if attention_mask.any() else 1
+    return input_ids[:, :length], attention_mask[:, :length]
+
+
+def precision_context(device: torch.device | str, precision: Literal["bf16", "fp32"]
+                      ) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` when asked and supported there, else a no-op context."""
+    device = torch.device(device)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision != "bf16":
+        raise ValueError(f"run.precision={precision!r}; valid: bf16, fp32")
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+# --- construction ------------------------------------------------------------------------
+
+
+def build_model(cfg: Config, num_classes: int, task_type: TaskType) -> FusionModel:
+    """Build encoders from ``cfg.model``, apply its PEFT mode, and wrap them in a FusionModel.
+
+    PEFT decides which encoder weights train; the read-only prompts, predictors and heads
+    always train.
+
+    Args:
+        cfg: the full configuration (``model`` and ``loss`` sections are used).
+        num_classes: number of labels (2 for binary tasks).
+        task_type: "multiclass", "multilabel" or "binary".
+
+    Returns:
+        The model on the CPU, in training mode.
+    """
+    # imported here: timm and transformers take seconds to import, and nothing else needs them
+    from mmcore import encoders
+    from mmcore.peft import apply_peft
+
+    m = cfg.model
+    image = text = None
+    if m.modalities in ("both", "image"):
+        image = encoders.build_image_encoder(m)
+    if m.modalities in ("both", "text"):
+        text = encoders.build_text_encoder(m)
+    for encoder in (image, text):
+        if encoder is not None:
+            apply_peft(encoder, m.peft, m.lora_rank)  # leaves the read-only prompts trainable
+    dummy_text = None
+    if text is not None and (m.pretrained or m.fill == "dummy"):
+        dummy_text = _empty_text(m)  # random-weight builds may have no tokenizer at hand
+    return FusionModel(
+        image, text, num_classes, task_type, loss_cfg=cfg.loss, predict_from=m.predict_from,
+        predictor_hidden=m.predictor_hidden, predictor_layers=m.predictor_layers, fill=m.fill,
+        head_dropout=m.head_dropout, image_size=m.image_size,
+        dummy_text=dummy_text,
+    )
+
+
+def parameter_report(model: FusionModel) -> dict[str, tuple[int, int]]:
+    """Trainable and total parameter counts per part of the model.
+
+    Returns:
+        ``{part: (trainable, total)}`` for image_encoder, text_encoder (both without their
+        prompts), prompts, predictors, heads, and all.
+    """
+    groups: dict[str, list[nn.Parameter]] = {
+        "image_encoder": [], "text_encoder": [], "prompts": [], "predictors": [], "heads": []}
+    for name, encoder in (("image_encoder", model.image_encoder),
+                          ("text_encoder", model.text_encoder)):
+        if encoder is None:
+            continue
+        prompts = {id(p) for p in _prompt_parameters(encoder)}
+        for p in encoder.parameters():
+            groups["prompts" if id(p) in prompts else name].append(p)
+    groups["predictors"] = list(model.predictors.parameters())
+    groups["heads"] = list(model.heads.parameters())
+    groups["all"] = list(model.parameters())
+    return {part: (sum(p.numel() for p in ps if p.requires_grad), sum(p.numel() for p in ps))
+            for part, ps in groups.items()}
+
+
+def _prompt_parameters(encoder: nn.Module) -> list[nn.Parameter]:
+    return [p for module in encoder.modules() if isinstance(module, ReadOnlyPrompts)
+            for p in module.parameters()]
+
+
+def _empty_text(model_cfg: ModelConfig) -> tuple[Tensor, Tensor]:
+    """Token ids and mask of the empty string (MAP's dummy text), shape (1, L)."""
+    from mmcore import encoders
+
+    tokens = encoders.load_tokenizer(model_cfg)("", return_tensors="pt")
+    return tokens["input_ids"], tokens["attention_mask"]
