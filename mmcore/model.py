@@ -246,16 +246,18 @@ class FusionModel(nn.Module):
         """
         fill = fill or self.fill
         inputs = {}
-        for name, true, pred, present in (("image", emb.image_emb, emb.pred_image, has_image),
-                                          ("text", emb.text_emb, emb.pred_text, has_text)):
+        for name, true, pred, present, source in (
+                ("image", emb.image_emb, emb.pred_image, has_image, has_text),
+                ("text", emb.text_emb, emb.pred_text, has_text, has_image)):
             if true is None:
                 continue
             if bool(present.all()):
                 inputs[name] = true
                 continue
             if fill == "predict" and pred is not None:
-                # zeros where the other modality is missing too (no source to predict from)
-                stand_in = pred
+                # only from a source available under *this* availability (a cache may hold
+                # predictions from a modality a sweep hides); zeros where there is none
+                stand_in = torch.where(source[:, None], pred, torch.zeros_like(pred))
             elif fill == "dummy":
                 stand_in = self.dummy_embedding(name).expand_as(true)  # (B, D)
             else:
