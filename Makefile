@@ -7,6 +7,9 @@ STAMP := $(VENV)/.mmcore-installed
 .PHONY: setup test test-fast book bench clean-book
 
 setup: $(STAMP)
+	@# The browser test (pytest -m browser) drives Debian's chromium; playwright never downloads one.
+	@command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; } \
+		|| echo "make setup: could not install chromium (apt-get, as root); browser tests will fail"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

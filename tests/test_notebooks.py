@@ -1,0 +1,126 @@
+"""Notebook hygiene and execution.
+
+Sources in notebooks/ are stripped, their papermill parameters are exactly Config leaves with
+Config's defaults (so a notebook and the CLI never disagree), and every notebook runs end to
+end at small parameters (marker ``notebook``).
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import papermill
+import pytest
+
+from mmcore.config import Config
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+DEFAULTS = Config().to_flat()
+
+# Per notebook (file stem): Config leaves that make it run in seconds. Every notebook needs an
+# entry, so a new chapter cannot silently run its full-size defaults under `make test`.
+SMALL_PARAMS: dict[str, dict[str, Any]] = {
+    "00_toolchain_demo": {"seed": 1, "missing_rate": 0.5},
+}
+
+
+def _ids(paths: list[Path]) -> list[str]:
+    return [p.stem for p in paths]
+
+
+def _load_strip_notebooks():
+    spec = importlib.util.spec_from_file_location(
+        "strip_notebooks", ROOT / "scripts" / "strip_notebooks.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_there_are_notebooks() -> None:
+    assert NOTEBOOKS, "notebooks/ holds no .ipynb: the book would be empty"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_source_is_stripped(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        assert cell.outputs == [], f"{path.name} cell {i} has outputs: run scripts/strip_notebooks.py"
+        assert cell.execution_count is None, f"{path.name} cell {i} has an execution count"
+    assert "widgets" not in nb.metadata, f"{path.name} carries widget state in its metadata"
+    assert not _load_strip_notebooks().strip_file(path, check=True), (
+        f"{path.name} is not stripped: run scripts/strip_notebooks.py"
+    )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_parameters_mirror_config_defaults(path: Path) -> None:
+    params = papermill.inspect_notebook(str(path))
+    for name, info in params.items():
+        assert name in DEFAULTS, (
+            f"{path.name}: parameter '{name}' is not a Config leaf; notebooks may only "
+            f"parameterise Config fields (valid: {', '.join(sorted(DEFAULTS))})"
+        )
+        try:
+            value = ast.literal_eval(info["default"])
+        except (ValueError, SyntaxError):
+            pytest.fail(f"{path.name}: parameter '{name} = {info['default']}' is not a flat literal")
+        expected = DEFAULTS[name]
+        assert type(value) is type(expected) and value == expected, (
+            f"{path.name}: parameter '{name} = {value!r}' differs from Config's default {expected!r}"
+        )
+
+
+def test_small_params_are_valid() -> None:
+    stems = {p.stem for p in NOTEBOOKS}
+    for stem, params in SMALL_PARAMS.items():
+        assert stem in stems, f"SMALL_PARAMS names '{stem}', which is not in notebooks/"
+        Config.from_params(**params)  # raises ConfigError naming a bad key or value
+
+
+def test_strip_clears_outputs_and_keeps_tags(tmp_path: Path) -> None:
+    strip_notebooks = _load_strip_notebooks()
+    nb = nbformat.v4.new_notebook(metadata={"widgets": {"state": {}}, "papermill": {}})
+    nb.cells = [
+        nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"], "papermill": {}}),
+        nbformat.v4.new_code_cell("x = 2", metadata={"tags": ["injected-parameters"]}),
+        nbformat.v4.new_code_cell("print(x)", execution_count=3, outputs=[
+            nbformat.v4.new_output("stream", name="stdout", text="1\n"),
+        ]),
+    ]
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+
+    assert strip_notebooks.main(["--check", str(path)]) == 1
+    assert strip_notebooks.main([str(path)]) == 0
+    assert strip_notebooks.main(["--check", str(path)]) == 0
+    out = nbformat.read(path, as_version=4)
+    assert [c.source for c in out.cells] == ["x = 1", "print(x)"]
+    assert out.cells[0].metadata == {"tags": ["parameters"]}
+    assert out.cells[1].outputs == [] and out.cells[1].execution_count is None
+    assert "widgets" not in out.metadata and "papermill" not in out.metadata
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_notebook_runs_at_small_parameters(path: Path, tmp_path: Path) -> None:
+    if path.stem not in SMALL_PARAMS:
+        pytest.fail(f"add '{path.stem}' to SMALL_PARAMS in tests/test_notebooks.py")
+    params = SMALL_PARAMS[path.stem]
+    out = tmp_path / path.name
+    papermill.execute_notebook(
+        str(path), str(out), parameters=params, kernel_name="python3",
+        cwd=str(ROOT), progress_bar=False,
+    )
+    nb = nbformat.read(out, as_version=4)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+              if o.output_type == "error"]
+    assert not errors, f"{path.name}: {errors[0].ename}: {errors[0].evalue}"
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and all(f"{k} = " in injected[0].source for k in params)
