@@ -30,7 +30,7 @@ class ModelConfig:
     image_encoder: str = ""  # override the preset: a timm name, or a local file / folder
     text_encoder: str = ""  # override the preset: a HF hub id, or a local folder
     pretrained: bool = True  # False builds the same architecture with random weights
-    image_size: int = 224  # input resolution in pixels (multiple of the patch size)
+    image_size: int = 112  # pixels (multiple of the patch size); 112 keeps CPU runs short, paper: 224
     prompt_length: int = 6  # K read-only prompts per encoder (paper: gains up to ~6)
     prompts_see_each_other: bool = True  # prompts attend to originals and to each other
     peft: Literal["bitfit", "frozen", "layernorm", "full", "lora"] = "bitfit"
@@ -57,7 +57,7 @@ class LossConfig:
 class DataConfig:
     dataset: Literal["clipart", "mmimdb", "food101", "hateful_memes", "manifest"] = "clipart"
     data_root: str = "data/openclipart"  # dataset folder (or the manifest file)
-    task: str = "category"  # clipart: "category" | "keywords"; manifest: "auto" or a task type
+    task: str = "auto"  # clipart: "category" (= auto) | "keywords"; manifest: auto | a task type
     max_text_length: int = 64  # tokens; protocol: 1024 MM-IMDb, 512 Food-101, 128 memes
     num_workers: int = 0  # DataLoader worker processes
     bad_sample_policy: Literal["missing", "skip", "stop"] = "missing"  # unreadable image / text
@@ -93,7 +93,7 @@ class RunConfig:
     compile: bool = False  # torch.compile the encoders
     eval_batch_size: int = 64
     progress: bool = True  # tqdm progress bars
-    checkpoint_every: int = 0  # optimiser steps between mid-epoch "last" checkpoints (0: epoch ends)
+    checkpoint_every: int = 0  # optimiser steps between mid-epoch "last" checkpoints (0: none)
 
 
 @dataclass
@@ -233,8 +233,8 @@ def validate(cfg: Config) -> None:
             if (lo is not None and value < lo) or (hi is not None and value > hi):
                 span = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
                 raise ConfigError(f"{key}={value!r} is out of range; valid: {span}")
-    if cfg.data.dataset == "clipart" and cfg.data.task not in ("category", "keywords"):
-        raise ConfigError(f"data.task={cfg.data.task!r} for clipart; valid: category, keywords")
+    if cfg.data.dataset == "clipart" and cfg.data.task not in ("auto", "category", "keywords"):
+        raise ConfigError(f"data.task={cfg.data.task!r} for clipart; valid: auto, category, keywords")
 
 
 def _check_type(key: str, value: Any, hint: Any) -> None:

@@ -57,6 +57,8 @@ def collect(model: FusionModel, loader: DataLoader, device: torch.device | str =
     model.eval()
     parts: list[tuple[Embeddings, Tensor, Tensor]] = []
     for batch in tqdm(loader, desc="encode once", disable=not progress, leave=False):
+        if len(batch) == 0:  # every row skipped by bad_sample_policy="skip"
+            continue
         batch = batch.to(device)
         with precision_context(device, precision):
             emb = model.encode(batch)

@@ -28,7 +28,7 @@ def test_from_params_routes_flat_names_to_their_sections():
         ({"missing_type": "audio"}, "valid: both, image, text"),
         ({"prompt_length": 0}, "model.prompt_length=0 is out of range"),
         ({"pretrained": 1}, "expected bool"),
-        ({"task": "genres"}, "valid: category, keywords"),
+        ({"task": "genres"}, "valid: auto, category, keywords"),
     ],
 )
 def test_bad_values_are_rejected_with_the_key_named(params, needle):

@@ -52,7 +52,7 @@ def load_dataset(data_cfg: DataConfig, split: str) -> MultimodalDataset:
     if split not in SPLITS[name]:
         raise ValueError(f"split={split!r} for {name}; valid: {', '.join(SPLITS[name])}")
     if name == "clipart":
-        dataset = load_clipart(root, data_cfg.task, split)
+        dataset = load_clipart(root, "category" if data_cfg.task == "auto" else data_cfg.task, split)
     elif name == "mmimdb":
         dataset = load_mmimdb(root, split)
     elif name == "food101":

@@ -1,0 +1,167 @@
+"""From a Config to a trained model and its missing-modality scores: what notebooks and the CLI call.
+
+``run(cfg)`` loads the dataset, builds the model, trains it (or loads the finished run,
+or resumes an interrupted one), then encodes the test split once and scores every
+(missing type, rate, seed) from that cache. The run folder ends up holding the config,
+the environment, the per-epoch metrics, the checkpoints, every missing table used and
+the tidy ``sweep.csv`` that the book plots.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from torch.utils.data import DataLoader
+
+from mmcore.config import Config
+from mmcore.data import Collator, MultimodalDataset, load_dataset
+from mmcore.encoders import image_transform, load_tokenizer
+from mmcore.missing import MISSING_TYPES, MissingTable, load_or_build
+from mmcore.model import FusionModel, build_model
+from mmcore.sweep import DEFAULT_RATES, DEFAULT_SEEDS, EmbeddingCache, collect, score, sweep
+from mmcore.train import FitResult, build_loader, load_or_train, resolve_device
+
+# Each method the paper compares, as the Config fields it changes from "ours". The fills
+# that replace the predictor get alpha = 0: no alignment loss shapes their encoders.
+METHODS: dict[str, dict[str, object]] = {
+    "ours": {},
+    "cls": {"predict_from": "cls"},
+    "dummy": {"fill": "dummy", "alpha": 0.0},
+    "zero": {"fill": "zero", "alpha": 0.0},
+    "image_only": {"modalities": "image"},
+    "text_only": {"modalities": "text"},
+}
+SPLITS = ("train", "val", "test")
+
+
+def method_config(cfg: Config, method: str) -> Config:
+    """``cfg`` changed into one of ``METHODS``, with its own run folder under ``out_dir``."""
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}; valid: {', '.join(METHODS)}")
+    return cfg.replace(**METHODS[method], out_dir=str(Path(cfg.run.out_dir) / method))
+
+
+@dataclass
+class Experiment:
+    """A trained model with its data; ``sweep_rows`` once ``run`` has scored it."""
+
+    cfg: Config
+    model: FusionModel
+    datasets: dict[str, MultimodalDataset]
+    result: FitResult
+    sweep_rows: list[dict] = field(default_factory=list)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.result.run_dir
+
+    @property
+    def task_type(self) -> str:
+        return self.datasets["test"].task_type
+
+    def loader(self, split: str, table: MissingTable | None = None) -> DataLoader:
+        """An evaluation loader over ``split`` (in order), optionally under a missing table."""
+        return _loader(self.cfg, self.datasets[split], train=False, table=table)
+
+    def encode(self, split: str = "test") -> EmbeddingCache:
+        """Every sample of ``split`` encoded once with the modalities it really has."""
+        device = resolve_device(self.cfg.run.device)
+        return collect(self.model, self.loader(split), device, self.cfg.run.precision,
+                       self.cfg.run.progress)
+
+
+def load_datasets(cfg: Config) -> dict[str, MultimodalDataset]:
+    """The train, val and test splits of the configured dataset, checked for consistency."""
+    datasets = {split: load_dataset(cfg.data, split) for split in SPLITS}
+    classes = datasets["train"].classes
+    for split, ds in datasets.items():
+        if ds.classes != classes:
+            raise ValueError(f"{cfg.data.dataset}: split {split} has other classes than train")
+        if len(ds) == 0:
+            raise ValueError(f"{cfg.data.dataset} at {cfg.data.data_root}: split {split} is empty")
+    if cfg.optim.batch_size > len(datasets["train"]):
+        raise ValueError(f"optim.batch_size={cfg.optim.batch_size} is larger than the training "
+                         f"split ({len(datasets['train'])} samples); valid: 1..{len(datasets['train'])}")
+    return datasets
+
+
+def _loader(cfg: Config, dataset: MultimodalDataset, train: bool,
+            table: MissingTable | None) -> DataLoader:
+    collate = Collator(load_tokenizer(cfg.model), image_transform(cfg.model, train=train),
+                       cfg.data.max_text_length, dataset.num_classes, dataset.task_type,
+                       missing_table=table, bad_sample_policy=cfg.data.bad_sample_policy)
+    batch_size = cfg.optim.batch_size if train else cfg.run.eval_batch_size
+    return build_loader(dataset, batch_size, collate, train=train, seed=cfg.run.seed,
+                        num_workers=cfg.data.num_workers)
+
+
+def train(cfg: Config, datasets: dict[str, MultimodalDataset] | None = None) -> Experiment:
+    """Train (or load, or resume) the run ``cfg`` describes, in ``cfg.run.out_dir``.
+
+    The training split gets the missing table of ``missing.missing_train`` ("complete":
+    none); validation is scored under the configured rate and type, so the best
+    checkpoint is the one that copes best with the missingness it will meet.
+    """
+    datasets = datasets or load_datasets(cfg)
+    run_dir = Path(cfg.run.out_dir)
+    name = cfg.data.dataset
+
+    def build(cfg: Config) -> tuple[FusionModel, DataLoader, DataLoader]:
+        train_ds, val_ds = datasets["train"], datasets["val"]
+        model = build_model(cfg, train_ds.num_classes, train_ds.task_type)
+        tables = {split: load_or_build(run_dir / "missing", cfg.missing, name, split, len(ds))
+                  for split, ds in (("train", train_ds), ("val", val_ds))}
+        return (model, _loader(cfg, train_ds, True, tables["train"]),
+                _loader(cfg, val_ds, False, tables["val"]))
+
+    model, result = load_or_train(cfg, build, run_dir)
+    return Experiment(cfg, model, datasets, result)
+
+
+def run(cfg: Config, rates: Sequence[float] = DEFAULT_RATES,
+        types: Sequence[str] = MISSING_TYPES, seeds: Sequence[int] = DEFAULT_SEEDS,
+        fills: Sequence[str | None] = (None,)) -> Experiment:
+    """Train, then score the test split under every missingness; results saved in the run folder.
+
+    A finished run with a saved sweep over the same grid is loaded, not recomputed.
+    """
+    exp = train(cfg)
+    grid = {"rates": list(rates), "types": list(types), "seeds": list(seeds),
+            "fills": [f or cfg.model.fill for f in fills]}
+    saved = exp.run_dir / "sweep.json"
+    if saved.exists() and json.loads(saved.read_text()).get("grid") == grid:
+        exp.sweep_rows = json.loads(saved.read_text())["rows"]
+        return exp
+    cache = exp.encode("test")
+    configured = load_or_build(exp.run_dir / "missing", cfg.missing, cfg.data.dataset, "test",
+                               len(cache))
+    test_metrics = score(exp.model, cache, configured, exp.task_type)
+    exp.sweep_rows = sweep(exp.model, cache, exp.task_type, cfg.data.dataset, "test", rates,
+                           types, seeds, fills, table_dir=exp.run_dir / "missing",
+                           progress=cfg.run.progress)
+    _write_json(exp.run_dir / "test_metrics.json", {
+        "missing_type": cfg.missing.missing_type, "missing_rate": cfg.missing.missing_rate,
+        "missing_seed": cfg.missing.missing_seed, "table_sha256": configured.digest(),
+        "metrics": test_metrics})
+    _write_json(saved, {"grid": grid, "rows": exp.sweep_rows})
+    write_csv(exp.run_dir / "sweep.csv", exp.sweep_rows)
+    return exp
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """A tidy CSV: one row per (type, rate, seed, fill), one column per metric."""
+    if not rows:
+        return
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _write_json(path: Path, obj: object) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)
