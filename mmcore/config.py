@@ -58,6 +58,7 @@ class DataConfig:
     dataset: Literal["clipart", "mmimdb", "food101", "hateful_memes", "manifest"] = "clipart"
     data_root: str = "data/openclipart"  # dataset folder (or the manifest file)
     task: str = "auto"  # clipart: "category" (= auto) | "keywords"; manifest: auto | a task type
+    classes_file: str = ""  # manifest: the label set, one name a line ("": the labels it uses)
     max_text_length: int = 64  # tokens; protocol: 1024 MM-IMDb, 512 Food-101, 128 memes
     num_workers: int = 0  # DataLoader worker processes
     bad_sample_policy: Literal["missing", "skip", "stop"] = "missing"  # unreadable image / text

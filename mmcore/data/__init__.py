@@ -39,7 +39,8 @@ def load_dataset(data_cfg: DataConfig, split: str) -> MultimodalDataset:
 
     Args:
         data_cfg: ``dataset``, ``data_root``, ``task`` (clipart and manifest),
-            ``bad_sample_policy`` (manifest images that do not exist) and
+            ``classes_file`` (manifest), ``bad_sample_policy`` (manifest images that do
+            not exist) and
             ``limit_samples`` (> 0: at most that many samples, stratified).
         split: one of ``SPLITS[data_cfg.dataset]``.
 
@@ -51,6 +52,8 @@ def load_dataset(data_cfg: DataConfig, split: str) -> MultimodalDataset:
         raise ValueError(f"data.dataset={name!r}; valid: {', '.join(SPLITS)}")
     if split not in SPLITS[name]:
         raise ValueError(f"split={split!r} for {name}; valid: {', '.join(SPLITS[name])}")
+    if data_cfg.classes_file and name != "manifest":
+        raise ValueError(f"data.classes_file is only for data.dataset='manifest', not {name!r}")
     if name == "clipart":
         dataset = load_clipart(root, "category" if data_cfg.task == "auto" else data_cfg.task, split)
     elif name == "mmimdb":
@@ -60,7 +63,8 @@ def load_dataset(data_cfg: DataConfig, split: str) -> MultimodalDataset:
     elif name == "hateful_memes":
         dataset = load_hateful_memes(root, split)
     else:
-        dataset = load_manifest(root, split, data_cfg.task, data_cfg.bad_sample_policy)
+        dataset = load_manifest(root, split, data_cfg.task, data_cfg.bad_sample_policy,
+                                data_cfg.classes_file or None)
     if 0 < data_cfg.limit_samples < len(dataset):
         order = stratified_order(sample_strata(dataset.samples, dataset.task_type), seed=0)
         dataset = subset(dataset, order[: data_cfg.limit_samples])

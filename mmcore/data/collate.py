@@ -5,57 +5,33 @@ missing table does not remove it (simulated missingness). Unavailable modalities
 never decoded: such rows get a zero image and a pad-only text row, and
 ``has_image`` / ``has_text`` tell the model not to encode them.
 
-A bad sample (an image that cannot be read, a text that is empty or whitespace) follows
-``bad_sample_policy``: "missing" treats that modality as missing (with a warning naming
-the file or sample), "stop" raises, "skip" drops the row. A batch whose rows are all
-skipped comes back with zero rows; loops should skip it.
+A bad sample follows the per-kind table of ``mmcore.data.validate``, the same one
+``check-data`` reports with: mode conversions and over-long or undecodable texts are
+fixed; an image that cannot be read (missing, empty, truncated, corrupt, a decompression
+bomb) or a whitespace-only text follows ``bad_sample_policy``: "missing" treats that
+modality as missing (with a warning naming the file or sample), "stop" raises, "skip"
+drops the row. An empty text is real missingness. A batch whose rows are all skipped
+comes back with zero rows; loops should skip it.
 """
 from __future__ import annotations
 
 import warnings
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import Tensor
 
 from mmcore.data.base import Batch, Sample, TaskType
+from mmcore.data.validate import (BAD_SAMPLE_POLICIES, BadInput, actions, clean_text,
+                                  inspect_text, load_rgb, max_text_chars, to_rgb)
 from mmcore.missing import MissingTable
 
 UNLABELLED = -100  # label of a sample without ground truth (cross_entropy's ignore_index)
-BAD_SAMPLE_POLICIES = ("missing", "skip", "stop")
-
-_UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 class BadSampleError(ValueError):
     """An image or text cannot be used and ``bad_sample_policy`` is "stop"."""
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode as 8-bit RGB; transparency is composited on white.
-
-    Handles 1 / L / P / CMYK / YCbCr (plain conversion), LA / RGBA / P with transparency
-    (alpha over white) and 16- or 32-bit integer grayscale (scaled by its bit depth, where
-    PIL's own conversion would clip to white).
-    """
-    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        scale = 255.0 / (65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0)
-        return Image.fromarray(np.clip(values * scale, 0, 255).astype(np.uint8), "L").convert("RGB")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def load_rgb(path: Any) -> Image.Image:
-    """Open an image file fully (so truncated files fail here), upright per EXIF, as RGB."""
-    with Image.open(path) as image:
-        image.load()
-        return to_rgb(ImageOps.exif_transpose(image))
 
 
 class Collator:
@@ -69,7 +45,8 @@ class Collator:
         num_classes: number of classes (multi-hot width for multilabel).
         task_type: "multiclass", "binary" or "multilabel".
         missing_table: the split's simulated missingness, or None for none.
-        bad_sample_policy: "missing", "skip" or "stop" for unreadable images / empty texts.
+        bad_sample_policy: "missing", "skip" or "stop" for unreadable images and
+            whitespace texts (``mmcore.data.validate.actions``).
     """
 
     def __init__(
@@ -82,9 +59,7 @@ class Collator:
         missing_table: MissingTable | None = None,
         bad_sample_policy: str = "missing",
     ) -> None:
-        if bad_sample_policy not in BAD_SAMPLE_POLICIES:
-            raise ValueError(f"bad_sample_policy={bad_sample_policy!r}; valid: "
-                             f"{', '.join(BAD_SAMPLE_POLICIES)}")
+        self.actions = actions(bad_sample_policy)  # raises naming the valid policies
         if task_type not in ("multiclass", "binary", "multilabel"):
             raise ValueError(f"task_type={task_type!r}; valid: multiclass, binary, multilabel")
         self.tokenizer = tokenizer
@@ -94,6 +69,7 @@ class Collator:
         self.task_type = task_type
         self.missing_table = missing_table
         self.bad_sample_policy = bad_sample_policy
+        self.max_text_chars = max_text_chars(max_text_length)
         self._image_shape: tuple[int, ...] | None = None
 
     def __call__(self, items: Sequence[tuple[int, Sample]]) -> Batch:
@@ -106,19 +82,24 @@ class Collator:
 
         images: dict[int, Tensor] = {}
         for row in has_image.nonzero().flatten().tolist():
-            sample = items[row][1]
             try:
-                images[row] = self.image_transform(load_rgb(sample.image))
-            except _UNREADABLE as err:
-                self._bad(f"{sample.image}: unreadable image ({type(err).__name__}: {err})",
-                          row, has_image, keep)
+                image = load_rgb(items[row][1].image)
+            except BadInput as bad:
+                self._bad(bad.kind, str(bad), row, has_image, keep)
+                continue
+            images[row] = self.image_transform(image)
         texts: dict[int, str] = {}
         for row in has_text.nonzero().flatten().tolist():
             sample = items[row][1]
-            if sample.text.strip():
-                texts[row] = sample.text
+            unusable = [b for b in inspect_text(sample.text, self.max_text_chars)
+                        if self.actions[b.kind] != "fix"]
+            if not unusable:
+                texts[row] = clean_text(sample.text, self.max_text_chars)
+            elif unusable[0].kind == "empty_text":  # real missingness, not a bad sample
+                has_text[row] = False
             else:
-                self._bad(f"sample {sample.id!r}: empty text", row, has_text, keep)
+                self._bad(unusable[0].kind, f"sample {sample.id!r}: {unusable[0]}", row,
+                          has_text, keep)
 
         rows = keep.nonzero().flatten()
         pixel_values = self._stack_images(images, rows.tolist())
@@ -133,12 +114,14 @@ class Collator:
             labels=self._labels([items[r][1] for r in rows.tolist()]),
         )
 
-    def _bad(self, message: str, row: int, available: Tensor, keep: Tensor) -> None:
-        """Apply the bad-sample policy to one row's modality."""
-        if self.bad_sample_policy == "stop":
-            raise BadSampleError(f"{message} (bad_sample_policy='stop')")
+    def _bad(self, kind: str, message: str, row: int, available: Tensor, keep: Tensor) -> None:
+        """Apply the action of ``kind`` to one row's modality."""
+        action = self.actions[kind]
+        if action == "stop":
+            raise BadSampleError(f"{message} [{kind}] (bad_sample_policy="
+                                 f"{self.bad_sample_policy!r})")
         available[row] = False
-        if self.bad_sample_policy == "skip":
+        if action == "skip":
             keep[row] = False
             warnings.warn(f"{message}; sample skipped", stacklevel=3)
         else:

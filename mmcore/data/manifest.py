@@ -3,7 +3,14 @@
 Columns (CSV header or JSON keys): ``image`` (path relative to the manifest, or
 absolute), ``text``, ``label`` and, optionally, ``split`` (train / val / test) and ``id``.
 An empty ``image`` or ``text`` is real missingness: the sample keeps the other modality.
-Several labels are separated by ``|`` (JSONL may also give a list).
+A whitespace-only text is kept as it is: the collator applies ``bad_sample_policy`` to it.
+Several labels are separated by ``|`` (JSONL may also give a list). ``data.classes_file``
+(one name a line) fixes the label set and its order; a label outside it stops the load.
+
+Every problem of a row follows the table of ``mmcore.data.validate``: bytes that are not
+UTF-8 are replaced (one warning), and an unparsable row, a missing column, an empty row
+or label, an id used twice or an unknown label raise naming the file, line and column.
+``check_data`` reads the file with the same ``read_manifest`` and lists them all.
 
 Task type under ``task="auto"``: any row with several labels makes the task
 multilabel; otherwise exactly two classes make it binary (scored by AUROC, the positive
@@ -18,14 +25,17 @@ ordering (``stratified_order``) carves Food-101's validation set and picks the
 from __future__ import annotations
 
 import csv
+import difflib
 import json
 import warnings
+from collections import Counter
 from pathlib import Path
-from typing import Any, Hashable, Iterator, Sequence
+from typing import Any, Callable, Hashable, Iterator, Sequence
 
 import numpy as np
 
 from mmcore.data.base import MultimodalDataset, Sample, TaskType
+from mmcore.data.validate import Problem, actions, has_invalid_utf8, repair_utf8
 
 MANIFEST_TASKS = ("auto", "multiclass", "multilabel", "binary")
 REQUIRED_COLUMNS = ("image", "text", "label")
@@ -77,34 +87,55 @@ def subset(dataset: MultimodalDataset, indices: Sequence[int] | np.ndarray) -> M
 
 # --- reading ---------------------------------------------------------------------------------
 
+Flag = Callable[[str, "int | None", "str | None", str], None]
 
-def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, row) pairs; the line number is what an editor shows."""
+
+def _rows(path: Path, flag: Flag) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, row) pairs; the line number is what an editor shows.
+
+    Bytes that are not UTF-8 are read as lone surrogates (``surrogateescape``), so one bad
+    byte costs one cell, not the file; ``read_manifest`` reports and repairs them.
+    """
     if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8-sig") as f:
+        with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
             reader = csv.DictReader(f)
-            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+            header = reader.fieldnames or []
+            missing = [c for c in REQUIRED_COLUMNS if c not in header]
+            for column in missing:
+                flag("missing_column", 1, column,
+                     f"{path}: missing column '{column}' in the header {header}; required: "
+                     f"{', '.join(REQUIRED_COLUMNS)}{_did_you_mean(column, header)}")
             if missing:
-                raise ValueError(f"{path}: missing column '{missing[0]}' in the header "
-                                 f"{reader.fieldnames}; required: {', '.join(REQUIRED_COLUMNS)}")
+                return
             for row in reader:
                 yield reader.line_num, row  # the row's last line (a quoted newline spans two)
         return
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8", errors="surrogateescape") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}: line {line_no} is not valid JSON ({err.msg})") from None
+                flag("bad_row", line_no, None, f"{path}: line {line_no} is not valid JSON "
+                                               f"({err.msg})")
+                continue
             if not isinstance(row, dict):
-                raise ValueError(f"{path}: line {line_no} must be a JSON object")
-            for column in REQUIRED_COLUMNS:
-                if column not in row:
-                    raise ValueError(f"{path}: line {line_no} has no column '{column}'; "
-                                     f"required: {', '.join(REQUIRED_COLUMNS)}")
-            yield line_no, row
+                flag("bad_row", line_no, None, f"{path}: line {line_no} must be a JSON object")
+                continue
+            missing = [c for c in REQUIRED_COLUMNS if c not in row]
+            for column in missing:
+                flag("missing_column", line_no, column,
+                     f"{path}: line {line_no} has no column '{column}'; required: "
+                     f"{', '.join(REQUIRED_COLUMNS)}{_did_you_mean(column, list(row))}")
+            if not missing:
+                yield line_no, row
+
+
+def _did_you_mean(column: str, names: Sequence[Any]) -> str:
+    close = difflib.get_close_matches(column, [str(n) for n in names if n not in
+                                               REQUIRED_COLUMNS], n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _cell(value: Any) -> str | None:
@@ -115,12 +146,30 @@ def _cell(value: Any) -> str | None:
     return text if text.strip() else None
 
 
-def _label_names(value: Any, where: str) -> list[str]:
+def _text_cell(value: Any) -> str | None:
+    """A text cell: empty or null is real missingness (None); whitespace is kept for the
+    collator, which applies ``bad_sample_policy`` to it."""
+    return None if value is None or str(value) == "" else str(value)
+
+
+def _label_names(value: Any) -> list[str]:
     names = ([str(v).strip() for v in value] if isinstance(value, list)
              else str(value if value is not None else "").split("|"))
-    names = [n.strip() for n in names if n.strip()]
+    return [n.strip() for n in names if n.strip()]
+
+
+def _read_classes(path: str | Path) -> list[str]:
+    """The label set of ``data.classes_file``: one class name a line, in index order."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data.classes_file not found: {path} (one class name a line)")
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    names = [n for n in names if n]
+    twice = [n for n, count in Counter(names).items() if count > 1]
+    if twice:
+        raise ValueError(f"{path}: class {twice[0]!r} is listed twice")
     if not names:
-        raise ValueError(f"{where}, column 'label': empty label")
+        raise ValueError(f"{path}: no class names (data.classes_file needs one a line)")
     return names
 
 
@@ -155,9 +204,6 @@ def _assign_splits(rows: list[dict[str, Any]], task_type: TaskType, path: Path) 
             if r["split"] is None:
                 raise ValueError(f"{path}: line {r['line']}, column 'split' is empty; give every "
                                  "row a split (train, val, test) or drop the column")
-            if r["split"].strip().lower() not in SPLIT_ALIASES:
-                raise ValueError(f"{path}: line {r['line']}, column 'split': {r['split']!r}; "
-                                 f"valid: {', '.join(SPLIT_ALIASES)}")
             r["split"] = SPLIT_ALIASES[r["split"].strip().lower()]
         return
     strata = [0] * len(rows) if task_type == "multilabel" else [r["labels"][0] for r in rows]
@@ -167,11 +213,88 @@ def _assign_splits(rows: list[dict[str, Any]], task_type: TaskType, path: Path) 
         rows[i]["split"] = "val" if pos < n_holdout else "test" if pos < 2 * n_holdout else "train"
 
 
+def read_manifest(
+    path: str | Path,
+    classes_file: str | Path | None = None,
+    bad_sample_policy: str = "missing",
+    strict: bool = True,
+) -> tuple[list[dict[str, Any]], list[Problem]]:
+    """Parse and check every row of a manifest; the one reader of loading and ``check_data``.
+
+    Args:
+        path: the manifest file.
+        classes_file: the label set, one name a line (``data.classes_file``); None: any label.
+        bad_sample_policy: decides the actions of ``mmcore.data.validate.KINDS``.
+        strict: raise ``ValueError`` at the first problem whose action is "stop" (loading);
+            False collects every problem and leaves such rows out (``check_data``).
+
+    Returns:
+        The rows kept (dicts with line, id, image: a resolved Path or None, text, labels:
+        names, split: as written or None) and the problems found (``fix``es included).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {path} (a .csv with header "
+                                "image,text,label[,split][,id], or a .jsonl with those keys)")
+    if path.suffix.lower() not in (".csv", ".jsonl", ".json"):
+        raise ValueError(f"{path}: unknown manifest format; use .csv or .jsonl")
+    policy, problems = actions(bad_sample_policy), []
+
+    def flag(kind: str, line: int | None, column: str | None, message: str) -> None:
+        detail = message.removeprefix(f"{path}: ")  # the problem's file says where
+        problems.append(Problem(kind, policy[kind], str(path), line, column, detail))
+        if strict and policy[kind] == "stop":
+            raise ValueError(message)
+
+    classes = _read_classes(classes_file) if classes_file else None
+    rows: list[dict[str, Any]] = []
+    ids: dict[str, int] = {}
+    for line, raw in _rows(path, flag):
+        where = f"{path}: line {line}"
+        for column, value in raw.items():
+            if isinstance(value, str) and has_invalid_utf8(value):
+                flag("non_utf8_text", line, column, f"{where}, column '{column}': bytes that "
+                                                    "are not UTF-8, replaced by U+FFFD")
+                raw[column] = repair_utf8(value)
+        image, text = _cell(raw.get("image")), _text_cell(raw.get("text"))
+        if image is None and _cell(text) is None:
+            flag("empty_row", line, None, f"{where}: both 'image' and 'text' are empty; a row "
+                                          "needs at least one")
+            continue
+        sample_id = _cell(raw.get("id")) or f"line{line}"
+        if sample_id in ids:
+            flag("duplicate_id", line, "id", f"{where}, column 'id': {sample_id!r} already used "
+                                             f"on line {ids[sample_id]}")
+            continue
+        ids[sample_id] = line
+        labels = _label_names(raw.get("label"))
+        if not labels:
+            flag("empty_label", line, "label", f"{where}, column 'label': empty label")
+            continue
+        unknown = [n for n in labels if classes is not None and n not in classes]
+        if unknown:
+            flag("unknown_label", line, "label", f"{where}, column 'label': {unknown[0]!r} is "
+                 f"not in the label set {classes_file} ({', '.join(classes[:10])})")
+            continue
+        split = _cell(raw.get("split"))
+        if split is not None and split.strip().lower() not in SPLIT_ALIASES:
+            flag("bad_row", line, "split", f"{where}, column 'split': {split!r}; valid: "
+                                           f"{', '.join(SPLIT_ALIASES)}")
+            continue
+        image_path = Path(image) if image is not None else None
+        if image_path is not None and not image_path.is_absolute():
+            image_path = path.parent / image_path
+        rows.append({"line": line, "id": sample_id, "image": image_path, "text": text,
+                     "labels": labels, "split": split})
+    return rows, problems
+
+
 def load_manifest(
     path: str | Path,
     split: str,
     task: str = "auto",
     bad_sample_policy: str = "missing",
+    classes_file: str | Path | None = None,
 ) -> MultimodalDataset:
     """Load one split of a CSV / JSONL manifest.
 
@@ -180,46 +303,33 @@ def load_manifest(
         split: "train", "val" or "test".
         task: "auto", "multiclass", "multilabel" or "binary" (``DataConfig.task``).
         bad_sample_policy: for an image path that does not exist: "missing" keeps the row
-            without its image (one warning), "skip" drops the row, "stop" raises.
+            without its image (one warning), "skip" drops the row, "stop" raises. Rows
+            with a problem whose action is "stop" (``mmcore.data.validate``) always raise.
+        classes_file: the label set in index order, one name a line (``data.classes_file``);
+            None: the labels the manifest uses, sorted.
 
     Returns:
         The split as a ``MultimodalDataset`` named after the manifest's file stem.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest not found: {path} (a .csv with header "
-                                "image,text,label[,split][,id], or a .jsonl with those keys)")
-    if path.suffix.lower() not in (".csv", ".jsonl", ".json"):
-        raise ValueError(f"{path}: unknown manifest format; use .csv or .jsonl")
     if split not in ("train", "val", "test"):
         raise ValueError(f"split={split!r} for a manifest; valid: train, val, test")
-    rows: list[dict[str, Any]] = []
-    ids: dict[str, int] = {}
-    for line, raw in _rows(path):
-        where = f"{path}: line {line}"
-        image, text = _cell(raw.get("image")), _cell(raw.get("text"))
-        if image is None and text is None:
-            raise ValueError(f"{where}: both 'image' and 'text' are empty; a row needs at "
-                             "least one")
-        sample_id = _cell(raw.get("id")) or f"line{line}"
-        if sample_id in ids:
-            raise ValueError(f"{where}, column 'id': {sample_id!r} already used on line "
-                             f"{ids[sample_id]}")
-        ids[sample_id] = line
-        rows.append({"line": line, "id": sample_id, "image": image, "text": text,
-                     "labels": _label_names(raw.get("label"), where),
-                     "split": _cell(raw.get("split"))})
+    path = Path(path)
+    rows, problems = read_manifest(path, classes_file, bad_sample_policy)
     if not rows:
         raise ValueError(f"{path}: the manifest has no rows")
-    classes = _sorted_classes({n for r in rows for n in r["labels"]})
+    fixed = [p for p in problems if p.kind == "non_utf8_text"]
+    if fixed:
+        warnings.warn(f"{path}: {len(fixed)} cell(s) with bytes that are not UTF-8, replaced "
+                      f"by U+FFFD; first: line {fixed[0].row}, column '{fixed[0].column}'",
+                      stacklevel=2)
+    classes = (_read_classes(classes_file) if classes_file
+               else _sorted_classes({n for r in rows for n in r["labels"]}))
     task_type = _task_type(task, rows, classes, path)
     _assign_splits(rows, task_type, path)
     class_index = {c: i for i, c in enumerate(classes)}
     samples, absent = [], []
     for r in (r for r in rows if r["split"] == split):
-        image = Path(r["image"]) if r["image"] is not None else None
-        if image is not None and not image.is_absolute():
-            image = path.parent / image
+        image = r["image"]
         if image is not None and not image.is_file():
             if bad_sample_policy == "stop":
                 raise FileNotFoundError(f"{path}: line {r['line']}, column 'image': {image} "
@@ -237,4 +347,5 @@ def load_manifest(
     return MultimodalDataset(samples, classes, task_type, path.stem, split)
 
 
-__all__ = ["MANIFEST_TASKS", "load_manifest", "sample_strata", "stratified_order", "subset"]
+__all__ = ["MANIFEST_TASKS", "load_manifest", "read_manifest", "sample_strata",
+           "stratified_order", "subset"]
