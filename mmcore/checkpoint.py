@@ -13,6 +13,7 @@ checkpoint or the new one, never half of each. Nothing is ever unpickled, and a
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -39,15 +40,27 @@ class CheckpointError(ValueError):
 
 
 def atomic_write(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, and rename it over ``path``."""
+    """Write ``data`` to a temporary file beside ``path``, fsync it, and rename it over ``path``.
+
+    A failed write (a full disk, an interrupt) removes the temporary file and leaves the
+    previous ``path`` as it was; an ``OSError`` keeps its errno and names ``path``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if not isinstance(err, OSError):
+            raise
+        full = " (the disk is full)" if err.errno == errno.ENOSPC else ""
+        raise OSError(err.errno, f"could not write {path}{full}: {err.strerror or err}; "
+                      "the previous version of the file is unchanged") from err
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)  # make the rename itself durable
@@ -227,7 +240,11 @@ def read_checkpoint(path: str | Path, with_tensors: bool = True
     if META_KEY not in metadata:
         raise CheckpointError(f"{path} is a safetensors file but not an mmcore checkpoint "
                               f"(no '{META_KEY}' entry in its metadata)")
-    document = json.loads(metadata[META_KEY])
+    try:
+        document = json.loads(metadata[META_KEY])
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path} has a corrupt '{META_KEY}' metadata entry ({err})"
+                              ) from None
     if document.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{path} has checkpoint format {document.get('format')}; "
                               f"this mmcore reads format {FORMAT_VERSION}")

@@ -13,6 +13,11 @@ a run interrupted at an optimiser step and resumed ends with the same weights an
 as one that was never interrupted (exactly, with ``num_workers=0``; with workers, random
 augmentations are exact when resuming at epoch boundaries).
 
+Interrupts: checkpoints are written atomically, so a crash or a hard kill at any point
+leaves the previous ``last`` whole. The first SIGINT / SIGTERM lets the optimiser step under
+way finish, saves ``last`` and raises ``TrainingInterrupted`` (resume=True continues from
+there); a second one aborts at once.
+
 Distributed: under ``torchrun`` (``WORLD_SIZE > 1``) ``fit`` joins the process group (gloo
 on CPU, nccl on CUDA), wraps the model in DistributedDataParallel, and ``evaluate``
 gathers every rank's logits and drops the samples DistributedSampler repeats, so metrics
@@ -33,6 +38,8 @@ import math
 import os
 import platform
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -64,6 +71,7 @@ from mmcore.model import precision_context
 from mmcore.prompts import ReadOnlyPrompts
 
 EvaluateFn = Callable[[nn.Module, DataLoader], dict[str, float]]
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # stop after the current optimiser step
 # Leaves that do not change what a run computes: a run may resume with them changed.
 RESUMABLE_CHANGES = ("out_dir", "device", "progress", "num_workers", "eval_batch_size",
                      "checkpoint_every")
@@ -334,6 +342,61 @@ def environment(device: torch.device, seed: int, world_size: int) -> dict[str, A
 # --- training ----------------------------------------------------------------------------------
 
 
+class TrainingInterrupted(SystemExit):
+    """``fit`` stopped on SIGINT / SIGTERM once ``last`` was saved. Uncaught, it ends the
+    process with its message and no traceback; running the same call again resumes."""
+
+    def __init__(self, signum: int, checkpoint: Path, step: int) -> None:
+        super().__init__(
+            f"training stopped by {signal.Signals(signum).name} after optimiser step {step}; "
+            f"saved {checkpoint}. To resume, run the same command again (python -m mmcore "
+            "train ... and load_or_train resume automatically) or call fit(..., resume=True)")
+        self.signum, self.checkpoint, self.step = signum, checkpoint, step
+
+
+class _StopSignals:
+    """SIGINT / SIGTERM while ``fit`` runs: the first asks for a stop after the current
+    optimiser step (``fit`` saves ``last``, then raises ``TrainingInterrupted``); a second
+    aborts at once. Handlers are installed only in the main thread and restored on exit."""
+
+    def __init__(self, info: DistInfo, device: torch.device) -> None:
+        self.info, self.device = info, device
+        self.signum = 0  # the first signal received (0: none)
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        self.previous = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        if self.signum:
+            self._restore()
+            raise KeyboardInterrupt(f"second {name}: training aborted without saving")
+        self.signum = signum
+        # os.write, not print: the signal may interrupt a write to stderr (a progress bar)
+        os.write(2, f"\n{name}: stopping after this optimiser step once the checkpoint is "
+                    "saved (send it again to abort at once)\n".encode())
+
+    def requested(self) -> int:
+        """The signal that asked any process to stop (0: none); a collective under torchrun."""
+        if self.info.world_size == 1:
+            return self.signum
+        comm = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        flag = torch.tensor([self.signum], device=comm)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
+
+
 @dataclass
 class _Progress:
     """Where a run is; stored in the ``last`` checkpoint."""
@@ -360,6 +423,7 @@ class _Trainer:
     info: DistInfo
     device: torch.device
     run_dir: Path
+    stop: _StopSignals
 
     def save_last(self, state: _Progress) -> None:
         rng = _gather_rng(self.info, self.device)  # a collective: every rank takes part
@@ -409,8 +473,12 @@ class _Trainer:
                 bar.set_postfix(loss=f"{sums['loss'] / sums['batches']:.4f}", samples_s=(
                     f"{sums['samples'] * self.info.world_size / sums['time_s']:.1f}"))
             every = self.cfg.run.checkpoint_every
-            if every and state.step % every == 0 and i + 1 < n:
+            signum = self.stop.requested()
+            if signum or (every and state.step % every == 0 and i + 1 < n):
                 self.save_last(state)
+            if signum:
+                bar.close()
+                raise TrainingInterrupted(signum, self.run_dir / LAST, state.step)
         bar.close()
 
     def epoch_row(self, state: _Progress) -> dict[str, float]:
@@ -505,6 +573,9 @@ def fit(
         load_checkpoint(run_dir / LAST, model, optimizer, rank=info.rank)
         scheduler.load_state_dict(meta["scheduler"])
         state = _Progress(**meta["progress"])
+        if info.is_main:  # left by writes that a hard kill cut short (atomic_write's names)
+            for stale in (run_dir / LAST).parent.glob(".*.tmp*"):
+                stale.unlink(missing_ok=True)
     elif info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(run_dir / "config.yaml", cfg.to_yaml().encode())
@@ -519,28 +590,31 @@ def fit(
         unused = cfg.missing.missing_train == "missing" or (train_loader.batch_size or 0) < 2
         net = DistributedDataParallel(model, device_ids=[device.index] if device.index is not None
                                       else None, find_unused_parameters=unused)
-    trainer = _Trainer(model, net, optimizer, scheduler, cfg, info, device, run_dir)
-    while state.epoch < o.epochs:
-        trainer.train_epoch(train_loader, state)
-        row = trainer.epoch_row(state)
-        if val_loader is not None:
-            show = cfg.run.progress and info.is_main
-            scores = (evaluate_fn(model, val_loader) if evaluate_fn is not None
-                      else evaluate(model, val_loader, task_type, cfg.run.precision, show)[0])
-            state.metric = state.metric or next(iter(scores))
-            row.update({f"val_{k}": v for k, v in scores.items()})
-            if _better(scores[state.metric], state.best_value, state.best_epoch):
-                state.best_value, state.best_epoch = scores[state.metric], state.epoch + 1
-                if info.is_main:
-                    save_checkpoint(run_dir / BEST, model, {
-                        "kind": "best", "config": cfg.to_dict(), "epoch": state.epoch + 1,
-                        "metrics": scores})
-        state.history.append(row)
-        state.epoch, state.batches, state.sums = state.epoch + 1, 0, {}
-        trainer.save_last(state)
-        if info.is_main:
-            atomic_write(run_dir / "metrics.jsonl",
-                         "".join(json.dumps(r) + "\n" for r in state.history).encode())
+    with _StopSignals(info, device) as stop:
+        trainer = _Trainer(model, net, optimizer, scheduler, cfg, info, device, run_dir, stop)
+        while state.epoch < o.epochs:
+            trainer.train_epoch(train_loader, state)
+            row = trainer.epoch_row(state)
+            if val_loader is not None:
+                show = cfg.run.progress and info.is_main
+                scores = (evaluate_fn(model, val_loader) if evaluate_fn is not None
+                          else evaluate(model, val_loader, task_type, cfg.run.precision, show)[0])
+                state.metric = state.metric or next(iter(scores))
+                row.update({f"val_{k}": v for k, v in scores.items()})
+                if _better(scores[state.metric], state.best_value, state.best_epoch):
+                    state.best_value, state.best_epoch = scores[state.metric], state.epoch + 1
+                    if info.is_main:
+                        save_checkpoint(run_dir / BEST, model, {
+                            "kind": "best", "config": cfg.to_dict(), "epoch": state.epoch + 1,
+                            "metrics": scores})
+            state.history.append(row)
+            state.epoch, state.batches, state.sums = state.epoch + 1, 0, {}
+            if info.is_main:  # before `last`: a run killed in between redoes the epoch
+                atomic_write(run_dir / "metrics.jsonl",
+                             "".join(json.dumps(r) + "\n" for r in state.history).encode())
+            trainer.save_last(state)
+            if state.epoch < o.epochs and (signum := stop.requested()):
+                raise TrainingInterrupted(signum, run_dir / LAST, state.step)  # saved above
     return _finish(model, run_dir, state, cfg, info)
 
 
@@ -595,6 +669,7 @@ __all__ = [
     "DistInfo",
     "FitResult",
     "ResumableSampler",
+    "TrainingInterrupted",
     "build_loader",
     "distributed_env",
     "environment",

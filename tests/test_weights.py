@@ -111,7 +111,7 @@ def test_offline_image_weights_are_real(offline_vit):
     photos.append(Image.fromarray(data.stereo_motorcycle()[0]))
     augment = T.Compose([T.RandomResizedCrop(224, scale=(0.35, 1.0)), T.RandomHorizontalFlip(),
                          T.ColorJitter(0.3, 0.3, 0.3)])
-    to_tensor = image_transform(ModelConfig(), train=False)
+    to_tensor = image_transform(ModelConfig(image_size=224), train=False)
     torch.manual_seed(0)
     views = [(i, to_tensor(augment(p))) for i, p in enumerate(photos) for _ in range(3)]
     labels = torch.tensor([i for i, _ in views])
@@ -125,7 +125,7 @@ def test_offline_image_weights_are_real(offline_vit):
         return float((labels[sim.argmax(1)] == labels).float().mean())
 
     torch.manual_seed(0)
-    random_vit = load_image_backbone(ModelConfig(pretrained=False)).eval()
+    random_vit = load_image_backbone(ModelConfig(pretrained=False, image_size=224)).eval()
     real, rand = accuracy(offline_vit), accuracy(random_vit)
     print(f"nearest-neighbour view retrieval: real {real:.3f}, random {rand:.3f}")
     assert real > 0.8 and real > rand + 0.3
