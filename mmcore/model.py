@@ -345,6 +345,21 @@ def precision_context(device: torch.device | str, precision: Literal["bf16", "fp
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+def compile_encoders(model: FusionModel) -> FusionModel:
+    """``torch.compile`` each encoder in place (``run.compile``); returns ``model``.
+
+    Only the encoders: they hold nearly all the compute, and their graphs are static apart
+    from the batch size and the text length (marked dynamic after the first change, so one
+    recompilation). ``FusionModel.encode`` selects rows by availability, which would break
+    a whole-model graph. State-dict keys are unchanged (``Module.compile`` wraps the call,
+    not the module), so checkpoints load into compiled and eager models alike.
+    """
+    for encoder in (model.image_encoder, model.text_encoder):
+        if encoder is not None:
+            encoder.compile()
+    return model
+
+
 # --- construction ------------------------------------------------------------------------
 
 
@@ -360,7 +375,7 @@ def build_model(cfg: Config, num_classes: int, task_type: TaskType) -> FusionMod
         task_type: "multiclass", "multilabel" or "binary".
 
     Returns:
-        The model on the CPU, in training mode.
+        The model on the CPU, in training mode; its encoders compiled if ``run.compile``.
     """
     # imported here: timm and transformers take seconds to import, and nothing else needs them
     from mmcore import encoders
@@ -378,12 +393,13 @@ def build_model(cfg: Config, num_classes: int, task_type: TaskType) -> FusionMod
     dummy_text = None
     if text is not None and (m.pretrained or m.fill == "dummy"):
         dummy_text = _empty_text(m)  # random-weight builds may have no tokenizer at hand
-    return FusionModel(
+    model = FusionModel(
         image, text, num_classes, task_type, loss_cfg=cfg.loss, predict_from=m.predict_from,
         predictor_hidden=m.predictor_hidden, predictor_layers=m.predictor_layers, fill=m.fill,
         head_dropout=m.head_dropout, image_size=m.image_size,
         dummy_text=dummy_text,
     )
+    return compile_encoders(model) if cfg.run.compile else model
 
 
 def parameter_report(model: FusionModel) -> dict[str, tuple[int, int]]:

@@ -1,8 +1,9 @@
 """The built book works as a reader sees it: offline, in headless Chromium.
 
-Builds the site for the toolchain demo notebook in a temporary copy of the book, serves it on
-127.0.0.1 and checks what only a browser can: plots load, math is typeset, the widget slider
-moves the pre-rendered outputs without a kernel, and no request leaves the machine.
+Builds the site for the robustness chapter (small parameters: three tiny training runs) in a
+temporary copy of the book, serves it on 127.0.0.1 and checks what only a browser can: plots
+load, math is typeset, glued numbers are in the prose, the widget slider moves the
+pre-rendered outputs without a kernel, and no request leaves the machine.
 """
 from __future__ import annotations
 
@@ -22,7 +23,11 @@ pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
-DEMO = "00_toolchain_demo"
+CHAPTER = "04_robustness"
+TITLE = "Robustness to missing modalities"
+# Config leaves that make the chapter's three training runs take seconds each
+SMALL_PARAMS = {"limit_samples": 64, "epochs": 1, "batch_size": 16, "eval_batch_size": 32,
+                "prompt_length": 2}
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
@@ -39,7 +44,7 @@ def _load_build_book():
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo chapter built into a throw-away copy of the book (the repo's _build is untouched)."""
+    """The chapter built into a throw-away copy of the book (the repo's _build and runs/ untouched)."""
     build_book = _load_build_book()
     out = tmp_path_factory.mktemp("site")
     book = out / "book"
@@ -48,8 +53,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copy(ROOT / "book" / name, book / name)
     shutil.copytree(ROOT / "book" / "_vendor", book / "_vendor")
     shutil.copy(ROOT / "_config.yml", out / "_config.yml")
-    source = ROOT / "notebooks" / f"{DEMO}.ipynb"
-    build_book.execute(source, book / "chapters" / source.name, {}, progress=False)
+    source = ROOT / "notebooks" / f"{CHAPTER}.ipynb"
+    params = {**SMALL_PARAMS, "out_dir": str(out / "runs")}
+    build_book.execute(source, book / "chapters" / source.name, params, progress=False)
     build_book.build_site(book, out / "_config.yml", out)
     return out / "_build" / "html"
 
@@ -104,42 +110,42 @@ def _open(browser_log: dict, url: str):
 def test_intro_page_renders(browser_log: dict, base_url: str) -> None:
     page = _open(browser_log, f"{base_url}/index.html")  # redirects to the root page
     assert "Start here" in page.title()
-    assert page.locator("nav a", has_text="Toolchain demo").count() > 0, "demo missing from the toc"
+    assert page.locator("nav a", has_text=TITLE).count() > 0, f"{CHAPTER} missing from the toc"
     page.close()
 
 
 @pytest.fixture(scope="module")
-def demo(browser_log: dict, base_url: str):
-    page = _open(browser_log, f"{base_url}/chapters/{DEMO}.html")
+def chapter(browser_log: dict, base_url: str):
+    page = _open(browser_log, f"{base_url}/chapters/{CHAPTER}.html")
     page.wait_for_selector("mjx-container", timeout=20_000)
     page.wait_for_selector(".widget-slider .noUi-handle", timeout=20_000)
     yield page
     page.close()
 
 
-def test_demo_page_title(demo) -> None:
-    assert "Toolchain demo" in demo.title()
-    assert demo.locator("article h1").first.inner_text().startswith("Toolchain demo")
+def test_chapter_page_title(chapter) -> None:
+    assert TITLE in chapter.title()
+    assert chapter.locator("article h1").first.inner_text().startswith(TITLE)
 
 
-def test_plots_load(demo) -> None:
-    images = demo.locator("article img")
-    assert images.count() >= 2, "expected the static plot and the slider's plot"
+def test_plots_load(chapter) -> None:
+    images = chapter.locator("article img")
+    assert images.count() >= 2, "expected the curves and the slider's plot"
     widths = images.evaluate_all("imgs => imgs.filter(i => i.offsetParent).map(i => i.naturalWidth)")
     assert widths and all(w > 0 for w in widths), f"an image did not load: widths {widths}"
 
 
-def test_math_is_typeset(demo) -> None:
-    assert demo.locator("article mjx-container").count() >= 2  # inline \eta and the display
-    text = demo.locator("article").inner_text()
+def test_math_is_typeset(chapter) -> None:
+    assert chapter.locator("article mjx-container").count() >= 2  # inline \eta and the displays
+    text = chapter.locator("article").inner_text()
     assert "$$" not in text and "\\frac" not in text, "raw TeX left on the page"
 
 
-def test_glued_number_in_prose(demo) -> None:
-    text = demo.locator("article").inner_text()
-    match = re.search(r"In this draw (\d+\.\d)% of the 1,000 samples", text)
-    assert match, "the glued percentage is missing from the prose"
-    assert 0.0 <= float(match.group(1)) <= 100.0
+def test_glued_number_in_prose(chapter) -> None:
+    text = chapter.locator("article").inner_text()
+    match = re.search(r"ours reaches (\d+\.\d)% and the CLS baseline (\d+\.\d)%", text)
+    assert match, "the glued headline numbers are missing from the prose"
+    assert all(0.0 <= float(g) <= 100.0 for g in match.groups())
     assert "{glue" not in text
 
 
@@ -151,30 +157,30 @@ def _visible_stack_images(page) -> list[str]:
     )
 
 
-def test_slider_moves_the_stack(demo, tmp_path: Path) -> None:
-    slider = demo.locator(".widget-slider").first
+def test_slider_moves_the_stack(chapter, tmp_path: Path) -> None:
+    slider = chapter.locator(".widget-slider").first
     assert slider.is_visible()
     readout = slider.locator(".widget-readout")
-    before_value, before = readout.inner_text(), _visible_stack_images(demo)
+    before_value, before = readout.inner_text(), _visible_stack_images(chapter)
     assert len(before) == 1, f"exactly one Stack child should show, saw {len(before)} images"
 
     handle = slider.locator(".noUi-handle")
     handle.focus()
     handle.press("ArrowRight")
     handle.press("ArrowRight")
-    demo.wait_for_function(
+    chapter.wait_for_function(
         "old => document.querySelector('.widget-slider .widget-readout').innerText !== old",
         arg=before_value,
         timeout=5_000,
     )
-    after_value, after = readout.inner_text(), _visible_stack_images(demo)
-    assert (before_value, after_value) == ("0.1", "0.5")
+    after_value, after = readout.inner_text(), _visible_stack_images(chapter)
+    assert (before_value, after_value) == ("0.0", "0.2")
     assert len(after) == 1 and after != before, "moving the slider did not change the shown output"
-    demo.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
-    assert (tmp_path / "demo.png").stat().st_size > 0
+    chapter.screenshot(path=str(tmp_path / "chapter.png"), full_page=True)
+    assert (tmp_path / "chapter.png").stat().st_size > 0
 
 
-def test_no_request_leaves_localhost(browser_log: dict, demo) -> None:
+def test_no_request_leaves_localhost(browser_log: dict, chapter) -> None:
     """Runs after the page checks (file order), so it sees every request they caused."""
     requests = browser_log["requests"]
     assert any("mathjax/tex-mml-chtml.js" in u for u in requests), "MathJax was not loaded"

@@ -24,7 +24,20 @@ DEFAULTS = Config().to_flat()
 # Per notebook (file stem): Config leaves that make it run in seconds. Every notebook needs an
 # entry, so a new chapter cannot silently run its full-size defaults under `make test`.
 SMALL_PARAMS: dict[str, dict[str, Any]] = {
-    "00_toolchain_demo": {"seed": 1, "missing_rate": 0.5},
+    "01_method": {"prompt_length": 2, "max_text_length": 32},
+    "02_training": {"limit_samples": 64, "epochs": 1, "batch_size": 16, "eval_batch_size": 32,
+                    "prompt_length": 2},
+    # 03 and 04 load 02's "ours" run (same params, shared out_dir) and share "cls" with each other
+    "03_embeddings": {"limit_samples": 64, "epochs": 1, "batch_size": 16, "eval_batch_size": 32,
+                      "prompt_length": 2},
+    "04_robustness": {"limit_samples": 64, "epochs": 1, "batch_size": 16, "eval_batch_size": 32,
+                      "prompt_length": 2},
+    # nine training runs in one notebook: each must be tiny
+    "05_ablations": {"limit_samples": 24, "epochs": 1, "batch_size": 8, "eval_batch_size": 24,
+                     "image_size": 56},
+    # the same run as 02_training: in one session (shared out_dir) it is loaded, not retrained
+    "06_design": {"limit_samples": 64, "epochs": 1, "batch_size": 16, "eval_batch_size": 32,
+                  "prompt_length": 2},
 }
 
 
@@ -107,12 +120,20 @@ def test_strip_clears_outputs_and_keeps_tags(tmp_path: Path) -> None:
     assert "widgets" not in out.metadata and "papermill" not in out.metadata
 
 
+@pytest.fixture(scope="session")
+def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One run folder for every notebook of a session: never runs/, and chapters share runs."""
+    return tmp_path_factory.mktemp("notebook_runs") / "runs"
+
+
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
-def test_notebook_runs_at_small_parameters(path: Path, tmp_path: Path) -> None:
+def test_notebook_runs_at_small_parameters(path: Path, tmp_path: Path, runs_dir: Path) -> None:
     if path.stem not in SMALL_PARAMS:
         pytest.fail(f"add '{path.stem}' to SMALL_PARAMS in tests/test_notebooks.py")
-    params = SMALL_PARAMS[path.stem]
+    params = dict(SMALL_PARAMS[path.stem])
+    if "out_dir" in papermill.inspect_notebook(str(path)):
+        params["out_dir"] = str(runs_dir)
     out = tmp_path / path.name
     papermill.execute_notebook(
         str(path), str(out), parameters=params, kernel_name="python3",

@@ -1,0 +1,88 @@
+"""The benchmark suite runs end to end in its quickest mode and saves a complete table."""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from transformers import BertConfig, BertModel
+
+from mmcore.data.base import Batch
+from mmcore.encoders import ImageEncoder, TextEncoder
+from mmcore.model import FusionModel, compile_encoders
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = ROOT / "benchmarks" / "run.py"
+
+
+def _columns() -> tuple[str, ...]:
+    spec = importlib.util.spec_from_file_location("bench_run", RUN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.COLUMNS
+
+
+@pytest.mark.slow
+def test_quick_suite_saves_every_column(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, str(RUN), "--quick", "--out", str(tmp_path)], cwd=ROOT,
+                   check=True, capture_output=True, text=True, timeout=900)
+    saved = json.loads((tmp_path / "table.json").read_text())
+    columns = _columns()
+    assert saved["columns"] == list(columns)
+    assert [row["preset"] for row in saved["rows"]] == ["offline", "paper"]
+    offline = saved["rows"][0]
+    assert set(columns) <= set(offline)  # the offline row has the sweep and data columns too
+    for row in saved["rows"]:
+        model_columns = [c for c in columns if c in row]
+        assert all(row[c] is not None for c in model_columns)
+        assert row["train_sps"] > 0 and row["train_gflop_per_sample"] > 0
+        assert row["peak_mem_mib"] > 0 and 0 < row["peak_fraction"]
+    markdown = (tmp_path / "table.md").read_text().splitlines()
+    assert markdown[0].strip("| ").split(" | ") == list(columns)
+    assert len(markdown) == 2 + len(saved["rows"])
+    for preset in ("offline", "paper"):
+        for variant in ("plain", "fast"):
+            profile = (tmp_path / f"profile_{preset}_{variant}.txt").read_text()
+            assert "Self CPU" in profile
+        kernels = json.loads((tmp_path / f"attention_{preset}.json").read_text())
+        assert set(kernels) == {"plain/train", "plain/eval", "fast/train", "fast/eval"}
+        assert all(kernels.values())  # every variant ran some SDPA kernel
+
+
+@pytest.mark.slow
+def test_compiled_encoders_match_eager() -> None:
+    """``run.compile`` (``compile_encoders``) keeps outputs, gradients and checkpoint keys."""
+    torch.manual_seed(0)
+    vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4,
+                            num_classes=0, init_values=1.0)
+    bert_cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2,
+                          num_attention_heads=4, intermediate_size=64,
+                          max_position_embeddings=16, hidden_dropout_prob=0.0,
+                          attention_probs_dropout_prob=0.0)
+    bert_cfg._attn_implementation = "sdpa"
+    text = TextEncoder(BertModel(bert_cfg), "mean", 2, prompt_init_token_id=1)
+    eager = FusionModel(ImageEncoder(vit, 2), text, 3, "multiclass")
+    compiled = compile_encoders(copy.deepcopy(eager))
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    g = torch.Generator().manual_seed(0)
+    batch = Batch(index=torch.arange(4), pixel_values=torch.randn(4, 3, 32, 32, generator=g),
+                  input_ids=torch.randint(5, 50, (4, 7), generator=g),
+                  attention_mask=(torch.arange(7) < torch.tensor([[7], [5], [7], [3]])).long(),
+                  has_image=torch.tensor([True, True, False, True]),
+                  has_text=torch.tensor([True, False, True, True]),
+                  labels=torch.tensor([0, 1, 2, 0]))
+    outs = [model(batch) for model in (eager, compiled)]  # train mode; dropout is 0
+    torch.testing.assert_close(outs[1].logits, outs[0].logits, rtol=1e-4, atol=1e-5)
+    for out in outs:
+        out.loss.backward()
+    grads = [{n: p.grad for n, p in m.named_parameters() if p.grad is not None}
+             for m in (eager, compiled)]
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-3, atol=1e-5, msg=name)
