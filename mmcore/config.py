@@ -50,7 +50,8 @@ class LossConfig:
     sim_coeff: float = 25.0  # VICReg invariance weight (reference value)
     std_coeff: float = 25.0  # VICReg variance weight (reference value)
     cov_coeff: float = 1.0  # VICReg covariance weight (reference value)
-    stop_grad_target: bool = False  # False: joint embedding, the target encoder learns too
+    stop_grad_target: bool = True  # the alignment trains the predictor, not the target encoder
+    scale_to_target: bool = True  # align in units of the target's spread (VICReg's std of 1)
 
 
 @dataclass

@@ -97,6 +97,21 @@ def cosine_alignment(x: Tensor, y: Tensor) -> VICRegTerms:
     return VICRegTerms(inv, inv, zero, zero)
 
 
+def scale_to_target(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Divide both branches by the target batch's mean per-dimension std (no gradient through it).
+
+    VICReg's variance hinge asks every dimension for a std of at least 1, a scale its
+    expander learns to produce. Here the target is a pretrained embedding with a scale of its
+    own (MiniLM's mean-pooled dimensions spread about 0.3, DINOv2's about 1.4): unscaled, the
+    hinge pulls the predicted text embedding to three times the spread of the real one, and
+    the invariance term fights it. One scalar per batch restores the meaning of "1" without
+    changing the direction of any embedding, and makes every alignment loss scale-free.
+    """
+    with _fp32(pred):
+        scale = target.detach().float().std(dim=0).mean().clamp_min(1e-6)
+        return pred.float() / scale, target.float() / scale
+
+
 def alignment_loss(pred: Tensor, target: Tensor, loss_cfg: LossConfig) -> VICRegTerms:
     """The alignment loss ``loss_cfg.alignment`` names, between predicted and true embeddings.
 
@@ -108,6 +123,8 @@ def alignment_loss(pred: Tensor, target: Tensor, loss_cfg: LossConfig) -> VICReg
     Returns:
         ``VICRegTerms(total, inv, var, cov)``, unweighted by ``alpha``.
     """
+    if loss_cfg.scale_to_target:
+        pred, target = scale_to_target(pred, target)
     if loss_cfg.alignment == "vicreg":
         return vicreg_loss(pred, target, loss_cfg.sim_coeff, loss_cfg.std_coeff,
                            loss_cfg.cov_coeff)

@@ -11,9 +11,11 @@ Design choices the paper leaves open (method.md "DECIDE"), fixed here:
 - predictor: ``model.predictor_layers`` linear layers of width ``model.predictor_hidden``
   with LayerNorm + GELU between them, a plain Linear last, so it can reach any target scale;
 - no projector/expander before VICReg: the predicted embedding must stand in for the true
-  one in the target head, so both are compared in the head's own space;
-- stop-gradient on the target: ``loss.stop_grad_target`` (default off: a joint embedding,
-  the target encoder's BitFit biases learn from the alignment too);
+  one in the target head, so both are compared in the head's own space, divided by one
+  scalar, the target's spread (``loss.scale_to_target``; see ``losses.scale_to_target``);
+- stop-gradient on the target: ``loss.stop_grad_target`` (default on: VICReg's variance and
+  covariance terms on the target would otherwise push the target encoder to whiten its
+  pretrained embedding, against the task loss; chapter 05 ablates it);
 - weight of the alignment in the total loss: ``loss.alpha``.
 
 Precision: the model does not switch autocast itself; the caller wraps its forward in

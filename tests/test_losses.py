@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from mmcore.config import LossConfig
 from mmcore.losses import (
     alignment_loss,
+    scale_to_target,
     cosine_alignment,
     mse_alignment,
     off_diagonal,
@@ -116,7 +117,8 @@ def test_mse_and_cosine_alignment():
 def test_alignment_loss_dispatches(name):
     g = torch.Generator().manual_seed(6)
     x, y = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
-    cfg = LossConfig(alignment=name, sim_coeff=2.0, std_coeff=3.0, cov_coeff=4.0)
+    cfg = LossConfig(alignment=name, sim_coeff=2.0, std_coeff=3.0, cov_coeff=4.0,
+                     scale_to_target=False)
     want = {"vicreg": lambda: vicreg_loss(x, y, 2.0, 3.0, 4.0),
             "mse": lambda: mse_alignment(x, y),
             "cosine": lambda: cosine_alignment(x, y)}[name]()
@@ -149,3 +151,33 @@ def test_task_loss_errors_name_the_problem():
         task_loss(logits, torch.zeros(4, 3), "multiclass")
     with pytest.raises(ValueError, match="task_type"):
         task_loss(logits, torch.zeros(4, dtype=torch.long), "regression")
+
+
+@pytest.mark.parametrize("name", ["vicreg", "mse", "cosine"])
+def test_scaled_alignment_does_not_depend_on_the_embeddings_scale(name):
+    g = torch.Generator().manual_seed(8)
+    x, y = torch.randn(16, 8, generator=g), torch.randn(16, 8, generator=g)
+    cfg = LossConfig(alignment=name)  # scale_to_target is the default
+    for k in (0.05, 30.0):
+        torch.testing.assert_close(alignment_loss(k * x, k * y, cfg).total,
+                                   alignment_loss(x, y, cfg).total)
+
+
+def test_scaling_to_the_target_silences_the_variance_hinge_for_a_perfect_prediction():
+    # a text-like target: every dimension spreads about 0.3, well below VICReg's threshold of 1
+    y = 0.3 * torch.randn(256, 8, generator=torch.Generator().manual_seed(9))
+    raw = alignment_loss(y.clone(), y, LossConfig(scale_to_target=False))
+    scaled = alignment_loss(y.clone(), y, LossConfig())
+    assert raw.inv.item() == 0.0 and scaled.inv.item() == 0.0
+    assert raw.var.item() > 0.6  # unscaled, a perfect prediction is still pushed to spread out
+    assert scaled.var.item() < 0.1
+
+
+def test_scale_comes_from_the_target_without_gradient():
+    pred = torch.randn(8, 4, requires_grad=True)
+    target = (3.0 * torch.randn(8, 4)).requires_grad_()
+    p, t = scale_to_target(pred, target)
+    torch.testing.assert_close(p * target.detach().std(0).mean(), pred.detach(),
+                               check_dtype=False)
+    t.sum().backward()
+    torch.testing.assert_close(target.grad, torch.full_like(target, 1 / target.detach().std(0).mean().item()))
