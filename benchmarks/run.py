@@ -7,7 +7,7 @@ the reference) and ``fast`` (the configuration's own speed settings: ``run.preci
 - training and evaluation samples/s, fast and plain, and their ratio;
 - peak tensor memory of a training step, fast and plain, and their ratio;
 - model FLOPs per sample (training step and evaluation forward, counted);
-- the bf16 matrix-product peak measured in this process (2048^3, ``--threads`` threads) and
+- the fp32 and bf16 matrix-product peaks measured in this process (2048^3, ``--threads`` threads) and
   the fraction of it the fast training step reaches;
 - the one-pass sweep (``mmcore.sweep``: collect once, score 11 rates x 3 types x 3 seeds)
   against one evaluation pass over the same split (offline preset, real clip-art data);
@@ -60,7 +60,7 @@ COLUMNS = (
     "eval_sps", "eval_sps_plain", "eval_speedup",
     "peak_mem_mib", "peak_mem_plain_mib", "peak_mem_ratio",
     "train_gflop_per_sample", "eval_gflop_per_sample",
-    "bf16_peak_gflops", "train_gflops", "peak_fraction",
+    "fp32_peak_gflops", "bf16_peak_gflops", "train_gflops", "peak_fraction",
     "eval_pass_s", "sweep_s", "sweep_ratio",
     "data_sps", "data_ratio", "data_mean_tokens",
 )
@@ -144,9 +144,11 @@ def model_section(cfg: Config, num_classes: int, args: argparse.Namespace, tag: 
                             num_classes)
     n = len(batch)
     mm, mm_flops = matmul(2048, torch.bfloat16)
+    mm32, _ = matmul(2048, torch.float32)
     # one warm-up round each: lazy initialisation, oneDNN primitive creation, compilation
     train = interleaved({k: (lambda r=r: r.train_step(batch)) for k, r in runners.items()}
-                        | {"matmul": mm}, repeats=args.steps, warmup=args.warmup)
+                        | {"matmul": mm, "matmul_fp32": mm32}, repeats=args.steps,
+                        warmup=args.warmup)
     evals = interleaved({k: (lambda r=r: r.eval_step(batch)) for k, r in runners.items()},
                         repeats=args.steps, warmup=1)
     memory = {k: peak_memory(lambda r=r: r.train_step(batch)) for k, r in runners.items()}
@@ -176,6 +178,7 @@ def model_section(cfg: Config, num_classes: int, args: argparse.Namespace, tag: 
         "peak_mem_mib": memory["fast"] / 2**20, "peak_mem_plain_mib": memory["plain"] / 2**20,
         "peak_mem_ratio": memory["fast"] / max(memory["plain"], 1),
         "train_gflop_per_sample": train_flops / 1e9, "eval_gflop_per_sample": eval_flops / 1e9,
+        "fp32_peak_gflops": mm_flops / train["matmul_fp32"] / 1e9,
         "bf16_peak_gflops": peak / 1e9,
         "train_gflops": train_flops * n / train["fast"] / 1e9,
         "peak_fraction": train_flops * n / train["fast"] / peak,
@@ -252,10 +255,20 @@ def save(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         indent=2) + "\n")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux): the speed-ups depend on it."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def environment(args: argparse.Namespace) -> dict[str, Any]:
     return {"torch": torch.__version__, "threads": torch.get_num_threads(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "machine": platform.processor() or platform.machine(),
+            "machine": cpu_model(),
             "load_average_1_5_15": os.getloadavg(), "command": " ".join(sys.argv),
             "quick": args.quick}
 

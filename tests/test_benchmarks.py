@@ -43,6 +43,7 @@ def test_quick_suite_saves_every_column(tmp_path: Path) -> None:
         assert all(row[c] is not None for c in model_columns)
         assert row["train_sps"] > 0 and row["train_gflop_per_sample"] > 0
         assert row["peak_mem_mib"] > 0 and 0 < row["peak_fraction"]
+        assert row["fp32_peak_gflops"] > 0 and row["bf16_peak_gflops"] > 0
     markdown = (tmp_path / "table.md").read_text().splitlines()
     assert markdown[0].strip("| ").split(" | ") == list(columns)
     assert len(markdown) == 2 + len(saved["rows"])
