@@ -24,7 +24,11 @@ RUN = ROOT / "benchmarks" / "run.py"
 def _columns() -> tuple[str, ...]:
     spec = importlib.util.spec_from_file_location("bench_run", RUN)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.modules[spec.name] = module  # @dataclass resolves its annotations through sys.modules
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
     return module.COLUMNS
 
 
