@@ -69,6 +69,11 @@ def atomic_write(path: str | Path, data: bytes) -> Path:
     return path
 
 
+def write_json(path: str | Path, obj: Any) -> Path:
+    """``obj`` as indented JSON, written with ``atomic_write``."""
+    return atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
 def _check_suffix(path: Path) -> None:
     if path.suffix != ".safetensors":
         raise CheckpointError(
@@ -305,4 +310,5 @@ __all__ = [
     "save_checkpoint",
     "set_rng_state",
     "trainable_state",
+    "write_json",
 ]

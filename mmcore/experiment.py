@@ -9,6 +9,7 @@ the tidy ``sweep.csv`` that the book plots.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Sequence
 
 from torch.utils.data import DataLoader
 
+from mmcore.checkpoint import atomic_write, write_json
 from mmcore.config import Config
 from mmcore.data import Collator, MultimodalDataset, load_dataset
 from mmcore.encoders import image_transform, load_tokenizer
@@ -132,9 +134,11 @@ def run(cfg: Config, rates: Sequence[float] = DEFAULT_RATES,
     grid = {"rates": list(rates), "types": list(types), "seeds": list(seeds),
             "fills": [f or cfg.model.fill for f in fills]}
     saved = exp.run_dir / "sweep.json"
-    if saved.exists() and json.loads(saved.read_text()).get("grid") == grid:
-        exp.sweep_rows = json.loads(saved.read_text())["rows"]
-        return exp
+    if saved.exists():
+        previous = json.loads(saved.read_text())
+        if previous.get("grid") == grid:
+            exp.sweep_rows = previous["rows"]
+            return exp
     cache = exp.encode("test")
     configured = load_or_build(exp.run_dir / "missing", cfg.missing, cfg.data.dataset, "test",
                                len(cache))
@@ -142,26 +146,21 @@ def run(cfg: Config, rates: Sequence[float] = DEFAULT_RATES,
     exp.sweep_rows = sweep(exp.model, cache, exp.task_type, cfg.data.dataset, "test", rates,
                            types, seeds, fills, table_dir=exp.run_dir / "missing",
                            progress=cfg.run.progress)
-    _write_json(exp.run_dir / "test_metrics.json", {
+    write_json(exp.run_dir / "test_metrics.json", {
         "missing_type": cfg.missing.missing_type, "missing_rate": cfg.missing.missing_rate,
         "missing_seed": cfg.missing.missing_seed, "table_sha256": configured.digest(),
         "metrics": test_metrics})
-    _write_json(saved, {"grid": grid, "rows": exp.sweep_rows})
+    write_json(saved, {"grid": grid, "rows": exp.sweep_rows})
     write_csv(exp.run_dir / "sweep.csv", exp.sweep_rows)
     return exp
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    """A tidy CSV: one row per (type, rate, seed, fill), one column per metric."""
+    """A tidy CSV: one row per (type, rate, seed, fill), one column per metric (atomic)."""
     if not rows:
         return
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def _write_json(path: Path, obj: object) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, text.getvalue().encode())

@@ -63,6 +63,7 @@ from mmcore.checkpoint import (
     read_checkpoint,
     rng_state,
     save_checkpoint,
+    write_json,
 )
 from mmcore.config import Config, OptimConfig
 from mmcore.data.base import TaskType
@@ -309,10 +310,6 @@ def _gather_rng(info: DistInfo, device: torch.device) -> dict[int, dict[str, Ten
         for r, part in enumerate(parts):
             out[r][key] = part.cpu()
     return out
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def environment(device: torch.device, seed: int, world_size: int) -> dict[str, Any]:
@@ -579,7 +576,7 @@ def fit(
     elif info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(run_dir / "config.yaml", cfg.to_yaml().encode())
-        _write_json(run_dir / "env.json", environment(device, cfg.run.seed, info.world_size))
+        write_json(run_dir / "env.json", environment(device, cfg.run.seed, info.world_size))
         if on_run_dir is not None:
             on_run_dir(run_dir)
 
@@ -628,7 +625,7 @@ def _finish(model: nn.Module, run_dir: Path, state: _Progress, cfg: Config, info
     best_epoch = state.best_epoch or state.epoch
     result = FitResult(run_dir, state.metric, state.best_value, best_epoch, state.history)
     if info.is_main:
-        _write_json(run_dir / "final.json", {
+        write_json(run_dir / "final.json", {
             "metric": state.metric, "best_value": state.best_value, "best_epoch": best_epoch,
             "best": state.history[best_epoch - 1], "epochs": state.epoch, "steps": state.step,
             "seed": cfg.run.seed})
