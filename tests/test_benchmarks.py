@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from _scripts import load_script
 import torch
 from timm.models.vision_transformer import VisionTransformer
 from transformers import BertConfig, BertModel
@@ -22,14 +22,7 @@ RUN = ROOT / "benchmarks" / "run.py"
 
 
 def _columns() -> tuple[str, ...]:
-    spec = importlib.util.spec_from_file_location("bench_run", RUN)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # @dataclass resolves its annotations through sys.modules
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
-    return module.COLUMNS
+    return load_script("benchmarks/run.py").COLUMNS
 
 
 @pytest.mark.slow

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import http.server
-import importlib.util
 import re
 import shutil
 import threading
@@ -18,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from _scripts import load_script
 
 pytestmark = pytest.mark.browser
 
@@ -36,10 +36,7 @@ LOCAL_SCHEMES = {"data", "blob", "about"}  # inline content, never a network req
 
 
 def _load_build_book():
-    spec = importlib.util.spec_from_file_location("build_book", ROOT / "scripts" / "build_book.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/build_book.py")
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,12 @@
 """The committed OpenClipArt dataset, its loader, and the build script's pure functions."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
+from _scripts import load_script
 from PIL import Image
 
 from mmcore.data.clipart import SPLITS, TASKS, load_clipart
@@ -17,11 +16,7 @@ DATA = ROOT / "data" / "openclipart"
 
 
 def _load_builder():
-    spec = importlib.util.spec_from_file_location("build_clipart", ROOT / "scripts" / "build_clipart.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/build_clipart.py")
 
 
 B = _load_builder()

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import ast
 import importlib
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 import nbformat
 import papermill
 import pytest
+from _scripts import load_script
 
 from mmcore.config import Config
 
@@ -49,12 +49,7 @@ def _ids(paths: list[Path]) -> list[str]:
 
 
 def _load_strip_notebooks():
-    spec = importlib.util.spec_from_file_location(
-        "strip_notebooks", ROOT / "scripts" / "strip_notebooks.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/strip_notebooks.py")
 
 
 def test_there_are_notebooks() -> None:
