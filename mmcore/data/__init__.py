@@ -15,6 +15,7 @@ from mmcore.config import DataConfig
 from mmcore.data.base import Batch, MultimodalDataset, Sample, TaskType
 from mmcore.data.clipart import load_clipart
 from mmcore.data.collate import UNLABELLED, Collator
+from mmcore.data.emoji import load_emoji
 from mmcore.data.food101 import load_food101
 from mmcore.data.hateful_memes import SPLIT_FILES as _MEME_FILES
 from mmcore.data.hateful_memes import load_hateful_memes
@@ -23,6 +24,7 @@ from mmcore.data.mmimdb import load_mmimdb
 
 SPLITS: dict[str, dict[str, str]] = {
     "clipart": {s: f"metadata.jsonl rows with split={s}" for s in ("train", "val", "test")},
+    "emoji": {s: f"metadata.jsonl rows with split={s}" for s in ("train", "val", "test")},
     "mmimdb": {"train": "split.json 'train'", "val": "split.json 'dev'",
                "test": "split.json 'test'"},
     "food101": {"train": "texts/train_titles.csv minus val",
@@ -56,6 +58,8 @@ def load_dataset(data_cfg: DataConfig, split: str) -> MultimodalDataset:
         raise ValueError(f"data.classes_file is only for data.dataset='manifest', not {name!r}")
     if name == "clipart":
         dataset = load_clipart(root, "category" if data_cfg.task == "auto" else data_cfg.task, split)
+    elif name == "emoji":
+        dataset = load_emoji(root, split)
     elif name == "mmimdb":
         dataset = load_mmimdb(root, split)
     elif name == "food101":

@@ -1,0 +1,79 @@
+"""A second offline dataset where the two modalities share information: emoji.
+
+Real, offline and committed (``data/emoji/``, built by ``scripts/build_emoji.py``; see
+``data/emoji/README.md``): 1,906 Noto emoji from the npm package
+``emoji-datasource-google`` 16.0.0. The image is the 64 px PNG on white, the text the
+emoji's lower-cased name, the label its category (9 classes, multi-class, accuracy).
+
+Unlike the clip art, a name describes its picture, so each modality predicts much of the
+other. The text never names the label: words containing a category name (``flag``,
+``symbol``, ``food``...) were cut from it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mmcore.data.base import MultimodalDataset, Sample
+
+SPLITS = ("train", "val", "test")
+METADATA = "metadata.jsonl"
+CLASSES = "classes.json"
+_REBUILD = "rebuild it with `python scripts/build_emoji.py --out {root}`"
+
+
+def load_emoji(root: str | Path, split: str) -> MultimodalDataset:
+    """Load one split of the emoji dataset (task: category, multi-class).
+
+    Args:
+        root: the dataset folder holding ``metadata.jsonl``, ``classes.json`` and ``images/``.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+
+    Returns:
+        A ``MultimodalDataset`` named ``"emoji"`` whose samples' labels are class indices.
+
+    Raises:
+        ValueError: for an unknown split, a bad metadata line or an unknown category.
+        FileNotFoundError: when the folder or one of its files is missing.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"emoji split {split!r} is not valid; valid: {', '.join(SPLITS)}")
+    root = Path(root)
+    for name in (METADATA, CLASSES, "images"):
+        if not (root / name).exists():
+            raise FileNotFoundError(
+                f"emoji dataset folder {root} lacks {name}: it should hold {METADATA}, "
+                f"{CLASSES} and images/; {_REBUILD.format(root=root)}")
+    classes = json.loads((root / CLASSES).read_text())["category"]
+    index = {name: i for i, name in enumerate(classes)}
+    samples = []
+    for row in _read_rows(root / METADATA):
+        if row["split"] != split:
+            continue
+        if row["category"] not in index:
+            raise ValueError(f"{root / METADATA}: item {row['id']} has category "
+                             f"{row['category']!r} not in {CLASSES}; {_REBUILD.format(root=root)}")
+        samples.append(Sample(id=row["id"], image=root / row["image"],
+                              text=row["text"] or None, label=(index[row["category"]],)))
+    return MultimodalDataset(samples, classes, "multiclass", name="emoji", split=split)
+
+
+def _read_rows(path: Path) -> list[dict]:
+    required = ("id", "image", "text", "category", "split")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+            missing = [k for k in required if k not in row]
+            if missing:
+                raise ValueError(f"{path}:{number}: missing field {missing[0]!r}")
+            rows.append(row)
+    return rows
+
+
+__all__ = ["load_emoji", "SPLITS"]
