@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Mapping, get_args, get_origin, get_type_hints
@@ -64,6 +65,7 @@ class DataConfig:
     max_text_length: int = 64  # tokens; protocol: 1024 MM-IMDb, 512 Food-101, 128 memes
     num_workers: int = 0  # DataLoader worker processes
     bad_sample_policy: Literal["missing", "skip", "stop"] = "missing"  # unreadable image / text
+    allow_outside_root: bool = False  # manifest: accept image paths outside its folder
     limit_samples: int = 0  # > 0: use at most this many samples per split (quick runs)
 
 
@@ -142,7 +144,10 @@ class Config:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        tree = yaml.safe_load(path.read_text()) or {}
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: {_yaml_problem(err)}") from None
         if not isinstance(tree, Mapping):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
         return cls.from_dict(tree).with_overrides(overrides or [])
@@ -162,7 +167,10 @@ class Config:
             if section not in tree:
                 _reject_unknown({section: None}, tree, where="config section")
             _reject_unknown({leaf: None}, tree[section], where="key", scope=section)
-            tree[section][leaf] = yaml.safe_load(raw) if raw != "" else ""
+            try:
+                tree[section][leaf] = yaml.safe_load(raw) if raw != "" else ""
+            except yaml.YAMLError as err:
+                raise ConfigError(f"override '{item}': {_yaml_problem(err)}") from None
         return Config.from_dict(tree)
 
     def replace(self, **params: Any) -> "Config":
@@ -232,12 +240,26 @@ def validate(cfg: Config) -> None:
             value = getattr(obj, f.name)
             key = f"{section.name}.{f.name}"
             _check_type(key, value, hints[f.name])
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{key}={value!r} is not a finite number")
             lo, hi = _RANGES.get(f.name, (None, None))
             if (lo is not None and value < lo) or (hi is not None and value > hi):
                 span = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
                 raise ConfigError(f"{key}={value!r} is out of range; valid: {span}")
     if cfg.data.dataset == "clipart" and cfg.data.task not in ("auto", "category", "keywords"):
         raise ConfigError(f"data.task={cfg.data.task!r} for clipart; valid: auto, category, keywords")
+    manifest_tasks = ("auto", "multiclass", "multilabel", "binary")
+    if cfg.data.dataset == "manifest" and cfg.data.task not in manifest_tasks:
+        raise ConfigError(f"data.task={cfg.data.task!r} for a manifest; valid: "
+                          f"{', '.join(manifest_tasks)}")
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error as one line: where (1-based line and column) and what."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    what = " ".join(str(getattr(err, "problem", None) or err).split())
+    return f"{where}invalid YAML ({what})"
 
 
 def _check_type(key: str, value: Any, hint: Any) -> None:

@@ -19,8 +19,9 @@ from mmcore.data.emoji import load_emoji
 from mmcore.data.food101 import load_food101
 from mmcore.data.hateful_memes import SPLIT_FILES as _MEME_FILES
 from mmcore.data.hateful_memes import load_hateful_memes
-from mmcore.data.manifest import load_manifest, sample_strata, stratified_order, subset
+from mmcore.data.manifest import load_manifest
 from mmcore.data.mmimdb import load_mmimdb
+from mmcore.data.sampling import sample_strata, stratified_order, subset
 
 SPLITS: dict[str, dict[str, str]] = {
     "clipart": {s: f"metadata.jsonl rows with split={s}" for s in ("train", "val", "test")},
@@ -68,7 +69,7 @@ def load_dataset(data_cfg: DataConfig, split: str) -> MultimodalDataset:
         dataset = load_hateful_memes(root, split)
     else:
         dataset = load_manifest(root, split, data_cfg.task, data_cfg.bad_sample_policy,
-                                data_cfg.classes_file or None)
+                                data_cfg.classes_file or None, data_cfg.allow_outside_root)
     if 0 < data_cfg.limit_samples < len(dataset):
         order = stratified_order(sample_strata(dataset.samples, dataset.task_type), seed=0)
         dataset = subset(dataset, order[: data_cfg.limit_samples])

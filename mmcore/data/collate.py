@@ -5,7 +5,7 @@ missing table does not remove it (simulated missingness). Unavailable modalities
 never decoded: such rows get a zero image and a pad-only text row, and
 ``has_image`` / ``has_text`` tell the model not to encode them.
 
-A bad sample follows the per-kind table of ``mmcore.data.validate``, the same one
+A bad sample follows the per-kind table of ``mmcore.data.problems``, the same one
 ``check-data`` reports with: mode conversions and over-long or undecodable texts are
 fixed; an image that cannot be read (missing, empty, truncated, corrupt, a decompression
 bomb) or a whitespace-only text follows ``bad_sample_policy``: "missing" treats that
@@ -23,8 +23,9 @@ from PIL import Image
 from torch import Tensor
 
 from mmcore.data.base import Batch, Sample, TaskType
-from mmcore.data.validate import (BAD_SAMPLE_POLICIES, BadInput, actions, clean_text,
-                                  inspect_text, load_rgb, max_text_chars, to_rgb)
+from mmcore.data.images import load_rgb, to_rgb
+from mmcore.data.problems import BAD_SAMPLE_POLICIES, BadInput, actions
+from mmcore.data.texts import clean_text, inspect_text, max_text_chars
 from mmcore.missing import MissingTable
 
 UNLABELLED = -100  # label of a sample without ground truth (cross_entropy's ignore_index)
@@ -46,7 +47,7 @@ class Collator:
         task_type: "multiclass", "binary" or "multilabel".
         missing_table: the split's simulated missingness, or None for none.
         bad_sample_policy: "missing", "skip" or "stop" for unreadable images and
-            whitespace texts (``mmcore.data.validate.actions``).
+            whitespace texts (``mmcore.data.problems.actions``).
     """
 
     def __init__(

@@ -22,7 +22,7 @@ import warnings
 from pathlib import Path
 
 from mmcore.data.base import MultimodalDataset, Sample
-from mmcore.data.manifest import stratified_order
+from mmcore.data.sampling import stratified_order
 
 VAL_FRACTION = 6_846 / 67_988  # MAP's validation share of the training CSV (~10.07%)
 SPLITS = ("train", "val", "test")

@@ -1,141 +1,288 @@
 """Users' own data: a CSV or JSONL manifest of (image, text, label) rows.
 
-Columns (CSV header or JSON keys): ``image`` (path relative to the manifest, or
-absolute), ``text``, ``label`` and, optionally, ``split`` (train / val / test) and ``id``.
-An empty ``image`` or ``text`` is real missingness: the sample keeps the other modality.
-A whitespace-only text is kept as it is: the collator applies ``bad_sample_policy`` to it.
-Several labels are separated by ``|`` (JSONL may also give a list). ``data.classes_file``
-(one name a line) fixes the label set and its order; a label outside it stops the load.
+Columns (CSV header or JSON keys): ``image`` (a path inside the manifest's folder,
+relative to it or absolute), ``text``, ``label`` and, optionally, ``split`` (train / val
+/ test) and ``id``. An empty ``image`` or ``text`` is real missingness: the sample keeps
+the other modality. Several labels are separated by ``|`` (JSONL may also give a list).
+``data.classes_file`` (one name a line) fixes the label set and its order.
 
-Every problem of a row follows the table of ``mmcore.data.validate``: bytes that are not
-UTF-8 are replaced (one warning), and an unparsable row, a missing column, an empty row
-or label, an id used twice or an unknown label raise naming the file, line and column.
-``check_data`` reads the file with the same ``read_manifest`` and lists them all.
+Nothing is lost, merged or invented in silence: every problem of the file, of a row or
+across rows is a ``Problem`` of ``mmcore.data.problems.KINDS`` naming file, line and
+column, and its action is applied here (loading) exactly as ``check-data`` reports it.
+An image path that resolves (after symlinks) outside the manifest's folder is
+``outside_root`` and never opened, unless ``data.allow_outside_root``.
 
-Task type under ``task="auto"``: any row with several labels makes the task
-multilabel; otherwise exactly two classes make it binary (scored by AUROC, the positive
-class being the second in sorted order, e.g. "1", "true", "yes"); otherwise multiclass.
-Class names are sorted (numerically when all are integers).
+Task type under ``task="auto"``: rows with several labels make the task multilabel, but
+only when at least ``MULTILABEL_MIN_FRACTION`` of the rows have several (fewer is
+``ambiguous_task``: fix those rows or set ``data.task``); otherwise exactly two classes
+make it binary (scored by AUROC, the positive class being the second in sorted order,
+e.g. "1", "true", "yes"); otherwise multiclass. Class names are sorted (numerically
+when all are integers). ``Manifest.task_reason`` says which rule decided.
 
 Without a ``split`` column the rows are split deterministically (seed 0, stratified by
-class for single-label tasks): 10% val, 10% test, the rest train. The same stratified
-ordering (``stratified_order``) carves Food-101's validation set and picks the
-``limit_samples`` subsets.
+class for single-label tasks): 10% val, 10% test, the rest train.
 """
 from __future__ import annotations
 
-import csv
-import difflib
-import json
 import warnings
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterator, Sequence
-
-import numpy as np
+from typing import Any
 
 from mmcore.data.base import MultimodalDataset, Sample, TaskType
-from mmcore.data.validate import Problem, actions, has_invalid_utf8, repair_utf8
+from mmcore.data.problems import REAL_MISSING, DataError, Problem, actions
+from mmcore.data.rows import read_rows
+from mmcore.data.sampling import stratified_order
+from mmcore.data.texts import has_invalid_utf8, repair_utf8
 
 MANIFEST_TASKS = ("auto", "multiclass", "multilabel", "binary")
-REQUIRED_COLUMNS = ("image", "text", "label")
 SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val",
                  "dev": "val", "test": "test"}
 HOLDOUT_FRACTION = 0.1  # val and test each, when the manifest has no split column
+MULTILABEL_MIN_FRACTION = 0.05  # task=auto: rows with several labels needed for multilabel
 
 
-def stratified_order(strata: Sequence[Hashable], seed: int = 0) -> np.ndarray:
-    """A seeded permutation of ``range(len(strata))`` whose every prefix is stratified.
+@dataclass
+class Manifest:
+    """A manifest read and checked: the rows kept, their classes and task, every problem."""
 
-    Within each stratum the order is random; across strata, the r-th of m members is
-    placed at key (r + 1/2) / m, so any prefix of length k holds each stratum in
-    proportion to its size (within one sample). Carving a split is then taking a prefix.
+    path: Path
+    rows: list[dict[str, Any]]  # line, id, image (Path | None), text, labels, split
+    classes: list[str] = field(default_factory=list)
+    task_type: TaskType | None = None  # None when a problem stops before it is known
+    task_reason: str = ""
+    problems: list[Problem] = field(default_factory=list)
+
+
+def read_manifest(
+    path: str | Path,
+    task: str = "auto",
+    classes_file: str | Path | None = None,
+    bad_sample_policy: str = "missing",
+    strict: bool = True,
+    allow_outside_root: bool = False,
+) -> Manifest:
+    """Parse and check every row of a manifest; the one reader of loading and ``check_data``.
 
     Args:
-        strata: one hashable per sample (its class), or all equal for a plain shuffle.
-        seed: seed of ``numpy.random.default_rng``.
+        path: the manifest file (``.csv``, or ``.jsonl`` / ``.json`` with one object per line).
+        task: "auto", "multiclass", "multilabel" or "binary" (``data.task``).
+        classes_file: the label set, one name a line (``data.classes_file``); None: any label.
+        bad_sample_policy: decides the actions of ``mmcore.data.problems.KINDS``.
+        strict: raise ``DataError`` at the first problem whose action is "stop" (loading);
+            False collects every problem and leaves such rows out (``check_data``).
+        allow_outside_root: accept image paths outside the manifest's folder.
 
     Returns:
-        (n,) int64 indices.
+        The ``Manifest``: rows with their split assigned, classes, task, problems.
     """
-    perm = np.random.default_rng(seed).permutation(len(strata))
-    sizes: dict[Hashable, int] = {}
-    for s in strata:
-        sizes[s] = sizes.get(s, 0) + 1
-    seen: dict[Hashable, int] = {}
-    keys = np.empty(len(perm))
-    for pos, i in enumerate(perm):
-        s = strata[i]
-        keys[pos] = (seen.get(s, 0) + 0.5) / sizes[s]
-        seen[s] = seen.get(s, 0) + 1
-    return perm[np.argsort(keys, kind="stable")]
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"manifest not found: {path} (a .csv with header "
+                        "image,text,label[,split][,id], or a .jsonl with those keys)")
+    if path.suffix.lower() not in (".csv", ".jsonl", ".json"):
+        raise DataError(f"{path}: unknown manifest format; use .csv or .jsonl")
+    if task not in MANIFEST_TASKS:
+        raise DataError(f"data.task={task!r} is not valid for a manifest; valid: "
+                        f"{', '.join(MANIFEST_TASKS)}")
+    policy, manifest = actions(bad_sample_policy), Manifest(path, [])
+
+    def flag(kind: str, line: int | None, column: str | None, message: str) -> str:
+        detail = message.removeprefix(f"{path}: ")  # the problem's file says where
+        manifest.problems.append(Problem(kind, policy[kind], str(path), line, column, detail))
+        if strict and policy[kind] == "stop":
+            raise DataError(message)
+        return policy[kind]
+
+    classes = _read_classes(classes_file) if classes_file else None
+    rows = [row for line, raw in read_rows(path, flag)
+            if (row := _check_row(path, line, raw, classes, allow_outside_root, flag))]
+    rows = _drop_duplicates(path, rows, flag)
+    if classes is None:
+        rows = _check_label_spelling(path, rows, flag)
+    manifest.classes = classes or _sorted_classes({n for r in rows for n in r["labels"]})
+    if not rows:
+        return manifest
+    manifest.task_type, manifest.task_reason = _task_type(path, task, rows, manifest.classes)
+    _check_task(path, manifest.task_type, task, rows, manifest.classes, flag)
+    manifest.rows = _assign_splits(path, rows, manifest.task_type, flag)
+    _check_splits(path, manifest.rows, flag)
+    return manifest
 
 
-def sample_strata(samples: Sequence[Sample], task_type: TaskType) -> list[Hashable]:
-    """Stratum of each sample: its class for single-label tasks, one stratum for multilabel."""
-    if task_type == "multilabel":
-        return [0] * len(samples)
-    return [s.label[0] if s.label else -1 for s in samples]
+def _check_row(path: Path, line: int, raw: dict[str, Any], classes: list[str] | None,
+               allow_outside_root: bool, flag: Any) -> dict[str, Any] | None:
+    """One row's cells checked and normalised; None if its action drops the row."""
+    where = f"{path}: line {line}"
+    for column, value in raw.items():
+        if isinstance(value, str) and has_invalid_utf8(value):
+            flag("non_utf8_text", line, column, f"{where}, column '{column}': bytes that are "
+                                                "not UTF-8, replaced by U+FFFD")
+            raw[column] = repair_utf8(value)
+    image, text = _cell(raw.get("image")), _text_cell(raw.get("text"))
+    if image is None and _cell(text) is None:
+        flag("empty_row", line, None, f"{where}: both 'image' and 'text' are empty; a row "
+                                      "needs at least one")
+        return None
+    labels = _label_names(raw.get("label"))
+    if not labels:
+        flag("empty_label", line, "label", f"{where}, column 'label': empty label")
+        return None
+    unknown = [n for n in labels if classes is not None and n not in classes]
+    if unknown:
+        flag("unknown_label", line, "label", f"{where}, column 'label': {unknown[0]!r} is not "
+             f"in the label set ({', '.join(classes[:10])})")
+        return None
+    split = _cell(raw.get("split"))
+    if split is not None and split.strip().lower() not in SPLIT_ALIASES:
+        flag("bad_row", line, "split", f"{where}, column 'split': {split!r}; valid: "
+                                       f"{', '.join(SPLIT_ALIASES)}")
+        return None
+    image_path = None
+    if image is not None:
+        image_path = Path(image) if Path(image).is_absolute() else path.parent / image
+        if not allow_outside_root and not _inside(image_path, path.parent):
+            action = flag("outside_root", line, "image", f"{where}, column 'image': {image} "
+                          f"resolves outside {path.parent.resolve()}; not opened (set "
+                          "data.allow_outside_root=true to use images kept elsewhere)")
+            if action != "missing":  # "skip" drops the row; "stop" refuses it
+                return None
+            image_path = None
+    return {"line": line, "id": _cell(raw.get("id")) or f"line{line}", "image": image_path,
+            "text": text, "labels": labels,
+            "split": None if split is None else SPLIT_ALIASES[split.strip().lower()]}
 
 
-def subset(dataset: MultimodalDataset, indices: Sequence[int] | np.ndarray) -> MultimodalDataset:
-    """The samples at ``indices`` (kept in their original order), same classes and task."""
-    chosen = [dataset.samples[i] for i in sorted(int(i) for i in indices)]
-    return MultimodalDataset(chosen, dataset.classes, dataset.task_type, dataset.name,
-                             dataset.split)
+def _inside(image: Path, root: Path) -> bool:
+    """Whether ``image`` resolves (symlinks followed, ``..`` removed) inside ``root``."""
+    return image.resolve().is_relative_to(root.resolve())
 
 
-# --- reading ---------------------------------------------------------------------------------
-
-Flag = Callable[[str, "int | None", "str | None", str], None]
-
-
-def _rows(path: Path, flag: Flag) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, row) pairs; the line number is what an editor shows.
-
-    Bytes that are not UTF-8 are read as lone surrogates (``surrogateescape``), so one bad
-    byte costs one cell, not the file; ``read_manifest`` reports and repairs them.
-    """
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
-            reader = csv.DictReader(f)
-            header = reader.fieldnames or []
-            missing = [c for c in REQUIRED_COLUMNS if c not in header]
-            for column in missing:
-                flag("missing_column", 1, column,
-                     f"{path}: missing column '{column}' in the header {header}; required: "
-                     f"{', '.join(REQUIRED_COLUMNS)}{_did_you_mean(column, header)}")
-            if missing:
-                return
-            for row in reader:
-                yield reader.line_num, row  # the row's last line (a quoted newline spans two)
-        return
-    with path.open(encoding="utf-8", errors="surrogateescape") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                flag("bad_row", line_no, None, f"{path}: line {line_no} is not valid JSON "
-                                               f"({err.msg})")
-                continue
-            if not isinstance(row, dict):
-                flag("bad_row", line_no, None, f"{path}: line {line_no} must be a JSON object")
-                continue
-            missing = [c for c in REQUIRED_COLUMNS if c not in row]
-            for column in missing:
-                flag("missing_column", line_no, column,
-                     f"{path}: line {line_no} has no column '{column}'; required: "
-                     f"{', '.join(REQUIRED_COLUMNS)}{_did_you_mean(column, list(row))}")
-            if not missing:
-                yield line_no, row
+def _drop_duplicates(path: Path, rows: list[dict[str, Any]], flag: Any) -> list[dict[str, Any]]:
+    """Ids used twice stop; a row repeating an earlier one follows ``duplicate_row``."""
+    ids: dict[str, int] = {}
+    seen: dict[tuple, int] = {}
+    kept = []
+    for r in rows:
+        if r["id"] in ids:
+            flag("duplicate_id", r["line"], "id", f"{path}: line {r['line']}, column 'id': "
+                 f"{r['id']!r} already used on line {ids[r['id']]}")
+            continue
+        ids[r["id"]] = r["line"]
+        key = (_key(r["image"]), r["text"], tuple(sorted(r["labels"])), r["split"])
+        if key in seen:
+            flag("duplicate_row", r["line"], None, f"{path}: line {r['line']} repeats line "
+                 f"{seen[key]} (same image, text, label and split); the copy is left out")
+            continue
+        seen[key] = r["line"]
+        kept.append(r)
+    return kept
 
 
-def _did_you_mean(column: str, names: Sequence[Any]) -> str:
-    close = difflib.get_close_matches(column, [str(n) for n in names if n not in
-                                               REQUIRED_COLUMNS], n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+def _check_label_spelling(path: Path, rows: list[dict[str, Any]], flag: Any
+                          ) -> list[dict[str, Any]]:
+    """Labels equal but for case or spacing stop: each row of a rarer spelling is reported."""
+    counts = Counter(n for r in rows for n in r["labels"])
+    spellings: dict[str, list[str]] = {}
+    for name in counts:
+        spellings.setdefault(" ".join(name.casefold().split()), []).append(name)
+    usual = {n: max(group, key=lambda g: (counts[g], g)) for group in spellings.values()
+             for n in group}
+    kept = []
+    for r in rows:
+        odd = next((n for n in r["labels"] if usual[n] != n), None)
+        if odd is None:
+            kept.append(r)
+            continue
+        flag("label_case", r["line"], "label", f"{path}: line {r['line']}, column 'label': "
+             f"{odd!r} differs only in case or spacing from {usual[odd]!r} ({counts[usual[odd]]} "
+             f"rows); write one spelling (or give data.classes_file)")
+    return kept
+
+
+def _task_type(path: Path, task: str, rows: list[dict[str, Any]], classes: list[str]
+               ) -> tuple[TaskType, str]:
+    """The task and the rule that chose it."""
+    several = sum(len(r["labels"]) > 1 for r in rows)
+    if task != "auto":
+        return task, f"data.task={task}"  # type: ignore[return-value]
+    if several:
+        return "multilabel", f"inferred: {several} of {len(rows)} rows have several labels"
+    if len(classes) == 2:
+        return "binary", "inferred: one label per row, 2 classes"
+    return "multiclass", f"inferred: one label per row, {len(classes)} classes"
+
+
+def _check_task(path: Path, task_type: TaskType, task: str, rows: list[dict[str, Any]],
+                classes: list[str], flag: Any) -> None:
+    """Rows that contradict the task, and label sets too small for it."""
+    several = [r for r in rows if len(r["labels"]) > 1]
+    if task == "auto" and several and len(several) < MULTILABEL_MIN_FRACTION * len(rows):
+        for r in several:
+            flag("ambiguous_task", r["line"], "label", f"{path}: line {r['line']}, column "
+                 f"'label': {'|'.join(r['labels'])!r} is one of only {len(several)} of "
+                 f"{len(rows)} rows with several labels, which would make the whole task "
+                 "multilabel; fix the row or set data.task=multilabel")
+    if task_type != "multilabel":
+        for r in several:
+            flag("bad_row", r["line"], "label", f"{path}: line {r['line']}, column 'label': "
+                 f"several labels ({'|'.join(r['labels'])}) but data.task={task_type}")
+    if task_type == "binary" and len(classes) != 2:
+        flag("load_error", None, "label", f"{path}: data.task=binary needs exactly 2 classes, "
+             f"found {len(classes)}: {', '.join(classes[:10])}")
+    elif task_type != "multilabel" and len(classes) < 2:
+        flag("load_error", None, "label", f"{path}: only one class ({classes[0]}); a "
+                                          "classifier needs two or more")
+
+
+def _assign_splits(path: Path, rows: list[dict[str, Any]], task_type: TaskType, flag: Any
+                   ) -> list[dict[str, Any]]:
+    """Given splits kept (a row without one, beside rows with one, is a bad row); none
+    given: a stratified 80/10/10 split."""
+    if any(r["split"] is not None for r in rows):
+        for r in rows:
+            if r["split"] is None:
+                flag("bad_row", r["line"], "split", f"{path}: line {r['line']}, column 'split' "
+                     "is empty; give every row a split (train, val, test) or drop the column")
+        return [r for r in rows if r["split"] is not None]
+    strata = [0] * len(rows) if task_type == "multilabel" else [r["labels"][0] for r in rows]
+    order = stratified_order(strata, seed=0)
+    n_holdout = round(len(rows) * HOLDOUT_FRACTION)
+    for pos, i in enumerate(order):
+        rows[i]["split"] = "val" if pos < n_holdout else "test" if pos < 2 * n_holdout else "train"
+    return rows
+
+
+def _check_splits(path: Path, rows: list[dict[str, Any]], flag: Any) -> None:
+    """A row in two splits leaks; an image in two splits is reported; every label must train."""
+    pairs: dict[tuple, dict[str, Any]] = {}
+    images: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        first = pairs.setdefault((_key(r["image"]), r["text"]), r)
+        if first["split"] != r["split"]:
+            flag("split_leak", r["line"], None, f"{path}: line {r['line']} ({r['split']}) has "
+                 f"the image and text of line {first['line']} ({first['split']}): the "
+                 f"{r['split']} split would score a sample the model trained on; keep one")
+            continue
+        shared = images.setdefault(_key(r["image"]), r) if r["image"] is not None else r
+        if shared["split"] != r["split"]:
+            flag("shared_image", r["line"], "image", f"{path}: line {r['line']}, column 'image':"
+                 f" {r['image']} ({r['split']}) is also the image of line {shared['line']} "
+                 f"({shared['split']}); used as it is")
+    trained = {n for r in rows if r["split"] == "train" for n in r["labels"]}
+    reported = set()
+    for r in rows:
+        for name in r["labels"]:
+            if name not in trained and name not in reported:
+                reported.add(name)
+                flag("unseen_label", r["line"], "label", f"{path}: line {r['line']}, column "
+                     f"'label': {name!r} has no training row (only in {r['split']}); the model "
+                     "could never predict it")
+
+
+def _key(image: Path | None) -> str | None:
+    return None if image is None else str(image.resolve())
 
 
 def _cell(value: Any) -> str | None:
@@ -153,140 +300,30 @@ def _text_cell(value: Any) -> str | None:
 
 
 def _label_names(value: Any) -> list[str]:
-    names = ([str(v).strip() for v in value] if isinstance(value, list)
+    names = ([str(v) for v in value] if isinstance(value, list)
              else str(value if value is not None else "").split("|"))
-    return [n.strip() for n in names if n.strip()]
+    return list(dict.fromkeys(n.strip() for n in names if n.strip()))
 
 
 def _read_classes(path: str | Path) -> list[str]:
     """The label set of ``data.classes_file``: one class name a line, in index order."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"data.classes_file not found: {path} (one class name a line)")
+        raise DataError(f"data.classes_file not found: {path} (one class name a line)")
     names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     names = [n for n in names if n]
     twice = [n for n, count in Counter(names).items() if count > 1]
     if twice:
-        raise ValueError(f"{path}: class {twice[0]!r} is listed twice")
+        raise DataError(f"{path}: class {twice[0]!r} is listed twice")
     if not names:
-        raise ValueError(f"{path}: no class names (data.classes_file needs one a line)")
+        raise DataError(f"{path}: no class names (data.classes_file needs one a line)")
     return names
 
 
 def _sorted_classes(names: set[str]) -> list[str]:
-    if all(n.lstrip("-").isdigit() for n in names):
+    if names and all(n.lstrip("-").isdigit() for n in names):
         return sorted(names, key=int)
     return sorted(names)
-
-
-def _task_type(task: str, rows: list[dict[str, Any]], classes: list[str], path: Path) -> TaskType:
-    if task not in MANIFEST_TASKS:
-        raise ValueError(f"data.task={task!r} is not valid for a manifest; valid: "
-                         f"{', '.join(MANIFEST_TASKS)}")
-    multi = next((r for r in rows if len(r["labels"]) > 1), None)
-    if task == "auto":
-        task = "multilabel" if multi else "binary" if len(classes) == 2 else "multiclass"
-    if task != "multilabel" and multi is not None:
-        raise ValueError(f"{path}: line {multi['line']} has several labels "
-                         f"({'|'.join(multi['labels'])}) but data.task={task}")
-    if task == "binary" and len(classes) != 2:
-        raise ValueError(f"{path}: data.task=binary needs exactly 2 classes, found "
-                         f"{len(classes)}: {', '.join(classes[:10])}")
-    if task != "multilabel" and len(classes) < 2:
-        raise ValueError(f"{path}: only one class ({classes[0]}); a classifier needs two or more")
-    return task  # type: ignore[return-value]
-
-
-def _assign_splits(rows: list[dict[str, Any]], task_type: TaskType, path: Path) -> None:
-    given = [r["split"] for r in rows]
-    if any(s is not None for s in given):
-        for r in rows:
-            if r["split"] is None:
-                raise ValueError(f"{path}: line {r['line']}, column 'split' is empty; give every "
-                                 "row a split (train, val, test) or drop the column")
-            r["split"] = SPLIT_ALIASES[r["split"].strip().lower()]
-        return
-    strata = [0] * len(rows) if task_type == "multilabel" else [r["labels"][0] for r in rows]
-    order = stratified_order(strata, seed=0)
-    n_holdout = round(len(rows) * HOLDOUT_FRACTION)
-    for pos, i in enumerate(order):
-        rows[i]["split"] = "val" if pos < n_holdout else "test" if pos < 2 * n_holdout else "train"
-
-
-def read_manifest(
-    path: str | Path,
-    classes_file: str | Path | None = None,
-    bad_sample_policy: str = "missing",
-    strict: bool = True,
-) -> tuple[list[dict[str, Any]], list[Problem]]:
-    """Parse and check every row of a manifest; the one reader of loading and ``check_data``.
-
-    Args:
-        path: the manifest file.
-        classes_file: the label set, one name a line (``data.classes_file``); None: any label.
-        bad_sample_policy: decides the actions of ``mmcore.data.validate.KINDS``.
-        strict: raise ``ValueError`` at the first problem whose action is "stop" (loading);
-            False collects every problem and leaves such rows out (``check_data``).
-
-    Returns:
-        The rows kept (dicts with line, id, image: a resolved Path or None, text, labels:
-        names, split: as written or None) and the problems found (``fix``es included).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest not found: {path} (a .csv with header "
-                                "image,text,label[,split][,id], or a .jsonl with those keys)")
-    if path.suffix.lower() not in (".csv", ".jsonl", ".json"):
-        raise ValueError(f"{path}: unknown manifest format; use .csv or .jsonl")
-    policy, problems = actions(bad_sample_policy), []
-
-    def flag(kind: str, line: int | None, column: str | None, message: str) -> None:
-        detail = message.removeprefix(f"{path}: ")  # the problem's file says where
-        problems.append(Problem(kind, policy[kind], str(path), line, column, detail))
-        if strict and policy[kind] == "stop":
-            raise ValueError(message)
-
-    classes = _read_classes(classes_file) if classes_file else None
-    rows: list[dict[str, Any]] = []
-    ids: dict[str, int] = {}
-    for line, raw in _rows(path, flag):
-        where = f"{path}: line {line}"
-        for column, value in raw.items():
-            if isinstance(value, str) and has_invalid_utf8(value):
-                flag("non_utf8_text", line, column, f"{where}, column '{column}': bytes that "
-                                                    "are not UTF-8, replaced by U+FFFD")
-                raw[column] = repair_utf8(value)
-        image, text = _cell(raw.get("image")), _text_cell(raw.get("text"))
-        if image is None and _cell(text) is None:
-            flag("empty_row", line, None, f"{where}: both 'image' and 'text' are empty; a row "
-                                          "needs at least one")
-            continue
-        sample_id = _cell(raw.get("id")) or f"line{line}"
-        if sample_id in ids:
-            flag("duplicate_id", line, "id", f"{where}, column 'id': {sample_id!r} already used "
-                                             f"on line {ids[sample_id]}")
-            continue
-        ids[sample_id] = line
-        labels = _label_names(raw.get("label"))
-        if not labels:
-            flag("empty_label", line, "label", f"{where}, column 'label': empty label")
-            continue
-        unknown = [n for n in labels if classes is not None and n not in classes]
-        if unknown:
-            flag("unknown_label", line, "label", f"{where}, column 'label': {unknown[0]!r} is "
-                 f"not in the label set {classes_file} ({', '.join(classes[:10])})")
-            continue
-        split = _cell(raw.get("split"))
-        if split is not None and split.strip().lower() not in SPLIT_ALIASES:
-            flag("bad_row", line, "split", f"{where}, column 'split': {split!r}; valid: "
-                                           f"{', '.join(SPLIT_ALIASES)}")
-            continue
-        image_path = Path(image) if image is not None else None
-        if image_path is not None and not image_path.is_absolute():
-            image_path = path.parent / image_path
-        rows.append({"line": line, "id": sample_id, "image": image_path, "text": text,
-                     "labels": labels, "split": split})
-    return rows, problems
 
 
 def load_manifest(
@@ -295,57 +332,58 @@ def load_manifest(
     task: str = "auto",
     bad_sample_policy: str = "missing",
     classes_file: str | Path | None = None,
+    allow_outside_root: bool = False,
 ) -> MultimodalDataset:
     """Load one split of a CSV / JSONL manifest.
 
     Args:
-        path: the manifest file (``.csv``, or ``.jsonl`` / ``.json`` with one object per line).
+        path: the manifest file.
         split: "train", "val" or "test".
-        task: "auto", "multiclass", "multilabel" or "binary" (``DataConfig.task``).
-        bad_sample_policy: for an image path that does not exist: "missing" keeps the row
-            without its image (one warning), "skip" drops the row, "stop" raises. Rows
-            with a problem whose action is "stop" (``mmcore.data.validate``) always raise.
+        task: "auto", "multiclass", "multilabel" or "binary" (``data.task``).
+        bad_sample_policy: for an image path that does not exist or leaves the folder:
+            "missing" keeps the row without its image (one warning), "skip" drops the
+            row, "stop" raises. A problem whose action is "stop" always raises.
         classes_file: the label set in index order, one name a line (``data.classes_file``);
             None: the labels the manifest uses, sorted.
+        allow_outside_root: accept image paths outside the manifest's folder.
 
     Returns:
         The split as a ``MultimodalDataset`` named after the manifest's file stem.
+
+    Raises:
+        DataError: naming file, line and column of the first problem that stops.
     """
     if split not in ("train", "val", "test"):
         raise ValueError(f"split={split!r} for a manifest; valid: train, val, test")
     path = Path(path)
-    rows, problems = read_manifest(path, classes_file, bad_sample_policy)
-    if not rows:
-        raise ValueError(f"{path}: the manifest has no rows")
-    fixed = [p for p in problems if p.kind == "non_utf8_text"]
-    if fixed:
-        warnings.warn(f"{path}: {len(fixed)} cell(s) with bytes that are not UTF-8, replaced "
-                      f"by U+FFFD; first: line {fixed[0].row}, column '{fixed[0].column}'",
-                      stacklevel=2)
-    classes = (_read_classes(classes_file) if classes_file
-               else _sorted_classes({n for r in rows for n in r["labels"]}))
-    task_type = _task_type(task, rows, classes, path)
-    _assign_splits(rows, task_type, path)
-    class_index = {c: i for i, c in enumerate(classes)}
+    manifest = read_manifest(path, task, classes_file, bad_sample_policy, True,
+                             allow_outside_root)
+    if not manifest.rows:
+        raise DataError(f"{path}: the manifest has no rows")
+    handled = Counter((p.kind, p.action) for p in manifest.problems if p.kind not in REAL_MISSING)
+    if handled:
+        warnings.warn(f"{path}: {sum(handled.values())} problem(s) handled: " + ", ".join(
+            f"{kind} x{n} ({action})" for (kind, action), n in handled.items())
+            + "; python -m mmcore check-data lists each line", stacklevel=2)
+    class_index = {c: i for i, c in enumerate(manifest.classes)}
     samples, absent = [], []
-    for r in (r for r in rows if r["split"] == split):
+    for r in (r for r in manifest.rows if r["split"] == split):
         image = r["image"]
         if image is not None and not image.is_file():
             if bad_sample_policy == "stop":
-                raise FileNotFoundError(f"{path}: line {r['line']}, column 'image': {image} "
-                                        "does not exist")
+                raise DataError(f"{path}: line {r['line']}, column 'image': {image} does not "
+                                "exist")
             absent.append(f"line {r['line']}: {image}")
             if bad_sample_policy == "skip":
                 continue
             image = None
-        label = tuple(sorted(class_index[n] for n in set(r["labels"])))
+        label = tuple(sorted(class_index[n] for n in r["labels"]))
         samples.append(Sample(r["id"], image, r["text"], label))
     if absent:
         action = "rows dropped" if bad_sample_policy == "skip" else "kept without their image"
         warnings.warn(f"{path}: {len(absent)} image(s) do not exist ({action}); first: "
                       f"{'; '.join(absent[:3])}", stacklevel=2)
-    return MultimodalDataset(samples, classes, task_type, path.stem, split)
+    return MultimodalDataset(samples, manifest.classes, manifest.task_type, path.stem, split)
 
 
-__all__ = ["MANIFEST_TASKS", "load_manifest", "read_manifest", "sample_strata",
-           "stratified_order", "subset"]
+__all__ = ["MANIFEST_TASKS", "Manifest", "load_manifest", "read_manifest"]

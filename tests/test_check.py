@@ -12,12 +12,15 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
-import mmcore.data.validate as validate
+import mmcore.data.problems as problems
+from mmcore.cli import main
 from mmcore.config import Config
 from mmcore.data import load_dataset
+from mmcore.data.check import check_data
 from mmcore.data.collate import BadSampleError, Collator
-from mmcore.data.validate import (KINDS, REAL_MISSING, actions, check_data, clean_text,
-                                  inspect_image, inspect_text, load_rgb, main_check_data)
+from mmcore.data.images import inspect_image, load_rgb
+from mmcore.data.problems import KINDS, REAL_MISSING, BadInput, actions
+from mmcore.data.texts import clean_text, inspect_text
 
 SIZE = 16
 LONG = "word " * 20_000  # 100k characters
@@ -41,6 +44,7 @@ def _images(folder: Path) -> dict[str, str]:
     noise = Image.fromarray((rng.random((40, 48, 3)) * 255).astype(np.uint8))
     noise.save(folder / "good.png")
     noise.save(folder / "good.jpg", quality=90)
+    Image.fromarray(255 - np.asarray(noise)).save(folder / "other.png")
     (folder / "zero.jpg").write_bytes(b"")
     jpeg = (folder / "good.jpg").read_bytes()
     (folder / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
@@ -57,7 +61,7 @@ def _images(folder: Path) -> dict[str, str]:
     frames = [Image.new("RGB", (8, 8), (60 * i, 200 - 50 * i, 30)) for i in range(3)]
     frames[0].save(folder / "anim.gif", save_all=True, append_images=frames[1:])
     _png_header(folder / "bomb.png", 100_000, 100_000)
-    return {"good.png": "", "good.jpg": "", "zero.jpg": "empty_file",
+    return {"good.png": "", "good.jpg": "", "other.png": "", "zero.jpg": "empty_file",
             "truncated.jpg": "truncated_image", "truncated.png": "truncated_image",
             "random.png": "corrupt_image", "cmyk.jpg": "cmyk_image", "deep.png": "deep_image",
             "palette.png": "palette_image", "rgba.png": "alpha_image",
@@ -69,7 +73,7 @@ def _images(folder: Path) -> dict[str, str]:
 USABLE = [
     (b"good.png", b"a clean row", b"cat", b"train", b"ok1"), (None,),
     (b"good.jpg", b"another clean row", b"dog", b"val", b"ok2"), (None,),
-    (b"good.png", b"a third clean row", b"cat", b"test", b"ok3"), (None,),
+    (b"other.png", b"a third clean row", b"cat", b"test", b"ok3"), (None,),
     (b"zero.jpg", b"t", b"dog", b"train", b"zero"), ("empty_file", "image", "missing"),
     (b"truncated.jpg", b"t", b"cat", b"train", b"trunc"), ("truncated_image", "image", "missing"),
     (b"truncated.png", b"t", b"cat", b"train", b"truncp"),
@@ -152,7 +156,7 @@ def test_policy_follows_bad_sample_policy_only_where_documented():
 
 
 def test_every_kind_is_documented_in_the_module_table():
-    documented = {line.split()[0] for line in validate.__doc__.splitlines()
+    documented = {line.split()[0] for line in problems.__doc__.splitlines()
                   if line and line.split()[0] in KINDS}
     assert documented == set(KINDS)
 
@@ -171,7 +175,7 @@ def test_a_lower_pixel_limit_makes_a_bomb_that_is_never_decoded(tmp_path, monkey
     assert inspect_image(tmp_path / "good.png") == []
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40 * 48 - 1)
     assert [b.kind for b in inspect_image(tmp_path / "good.png")] == ["decompression_bomb"]
-    with pytest.raises(validate.BadInput, match="MAX_IMAGE_PIXELS=1919") as err:
+    with pytest.raises(BadInput, match="MAX_IMAGE_PIXELS=1919") as err:
         load_rgb(tmp_path / "good.png")
     assert err.value.kind == "decompression_bomb"
 
@@ -179,7 +183,7 @@ def test_a_lower_pixel_limit_makes_a_bomb_that_is_never_decoded(tmp_path, monkey
 def test_load_rgb_decodes_every_fixable_mode_and_names_the_file_of_the_rest(tmp_path):
     for name, kind in _images(tmp_path).items():
         if KINDS.get(kind) == "policy":
-            with pytest.raises(validate.BadInput, match=name) as err:
+            with pytest.raises(BadInput, match=name) as err:
                 load_rgb(tmp_path / name)
             assert err.value.kind == kind
         else:
@@ -213,7 +217,7 @@ def test_check_data_reports_every_fault_with_its_row_column_and_action(faults):
         assert expect in by_row.get(line, []), (line, expect, by_row.get(line))
     reported_rows = {p.row for p in report.problems}
     assert reported_rows == set(expected)  # clean rows (2, 3, 4) are not reported
-    assert report.exit_code == 1 and report.split_sizes == {}  # stops: nothing is loaded
+    assert report.exit_code == 2 and report.split_sizes == {}  # stops: nothing is loaded
     image_problem = next(p for p in report.problems if p.kind == "truncated_image")
     assert image_problem.file.endswith("truncated.jpg") and image_problem.sample_id == "trunc"
     text = report.format()
@@ -231,9 +235,9 @@ def test_missing_and_misnamed_columns_stop_with_a_suggestion(tmp_path):
     jsonl.write_text('{"image": null, "text": "a", "label": "x"}\n{not json\n'
                      '{"image": null, "label": "y"}\n[1, 2]\n')
     report = check_data(_cfg(jsonl))
-    assert [(p.kind, p.row) for p in report.stops] == [
+    assert [(p.kind, p.row) for p in report.stops if p.row] == [
         ("bad_row", 2), ("missing_column", 3), ("bad_row", 4)]
-    assert report.exit_code == 1
+    assert report.exit_code == 2
 
 
 def test_a_clean_run_reports_fixes_and_fallbacks_and_exits_zero(usable):
@@ -252,7 +256,7 @@ def test_the_policy_changes_the_actions_it_owns(usable, policy, action):
     assert got["corrupt_image"] == got["whitespace_text"] == action
     assert got["cmyk_image"] == got["long_text"] == "fix"
     assert got["empty_text"] == got["no_image"] == "missing"
-    assert report.exit_code == (policy == "stop")
+    assert report.exit_code == (2 if policy == "stop" else 0)
 
 
 def test_batch_larger_than_the_data_and_absent_data_stop(usable, tmp_path):
@@ -263,20 +267,23 @@ def test_batch_larger_than_the_data_and_absent_data_stop(usable, tmp_path):
             in problem.detail)
     absent = check_data(_cfg(tmp_path / "nowhere.csv"))
     assert [p.kind for p in absent.problems] == ["load_error"]
-    assert "manifest not found" in absent.problems[0].detail and absent.exit_code == 1
+    assert "manifest not found" in absent.problems[0].detail and absent.exit_code == 2
     clipart = check_data(Config.from_params(data_root=str(tmp_path), progress=False))
     assert clipart.problems[0].kind == "load_error" and "lacks metadata.jsonl" in \
         clipart.problems[0].detail
 
 
-def test_main_prints_the_table_and_saves_every_problem_as_json(faults, tmp_path, capsys):
+def test_cli_prints_the_table_and_saves_every_problem_as_json(faults, tmp_path, capsys):
     path, expected = faults
     out = tmp_path / "report" / "check.json"
-    assert main_check_data(_cfg(path), out=out) == 1
-    printed = capsys.readouterr().out
+    sets = ["dataset=manifest", f"data_root={path}", f"classes_file={path.parent / 'classes.txt'}",
+            "progress=false"]
+    assert main(["check-data", "--report", str(out), *(a for s in sets for a in ("--set", s))]) == 2
+    printed, err = capsys.readouterr()
     assert "kind" in printed and "empty_file" in printed and str(out) in printed
+    assert err.strip() == "error: 5 problem(s) in the data stop training (listed above)"
     saved = json.loads(out.read_text())
-    assert saved["exit_code"] == 1
+    assert saved["exit_code"] == 2
     assert {p["row"] for p in saved["problems"]} == set(expected)
     assert sum(c["count"] for c in saved["counts"]) == len(saved["problems"])
 
