@@ -4,7 +4,19 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mmcore-installed
 
-.PHONY: setup test test-fast book bench clean-book
+# `make book REPOSITORY_URL=https://github.com/you/mmcore`: the site links to its repository
+REPOSITORY_URL ?=
+SITE ?= _build/html
+# `make publish`: the built site onto this branch of this remote (GitHub Pages serves gh-pages)
+PUBLISH_REMOTE ?= origin
+PUBLISH_BRANCH ?= gh-pages
+# `make lab`: JupyterLab's port; no browser is opened where there is no display, and root (in a
+# container) needs --allow-root
+LAB_PORT ?= 8888
+LAB_FLAGS ?= $(if $(or $(DISPLAY),$(WAYLAND_DISPLAY),$(filter Darwin,$(shell uname -s))),,--no-browser) \
+	$(if $(filter 0,$(shell id -u)),--allow-root)
+
+.PHONY: setup test test-fast book lab publish bench
 
 setup: $(STAMP)
 	@# The browser test (pytest -m browser) drives Debian's chromium; playwright never downloads one.
@@ -27,8 +39,22 @@ test-fast: setup
 	$(PY) -m pytest -m "not slow and not notebook and not distributed and not browser and not gpu"
 
 book: setup
-	@test -f scripts/build_book.py || { echo "make book: the book is not written yet (issue 5)"; exit 1; }
-	$(PY) scripts/build_book.py
+	$(PY) scripts/build_book.py $(if $(REPOSITORY_URL),--repository-url $(REPOSITORY_URL))
+
+# JupyterLab on notebooks/ with the project's kernel (python3 in .venv). Each kernel starts in
+# the repository root (scripts/lab_startup.py), where the notebooks' paths (data/, runs/) point.
+lab: setup
+	@mkdir -p $(VENV)/ipython/profile_default/startup
+	@cp scripts/lab_startup.py $(VENV)/ipython/profile_default/startup/00-repository-root.py
+	IPYTHONDIR="$(abspath $(VENV))/ipython" MMCORE_ROOT="$(CURDIR)" \
+		$(VENV)/bin/jupyter lab notebooks/ --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) $(LAB_FLAGS)
+
+# The built site (make book first) as the only commit of $(PUBLISH_BRANCH), with .nojekyll so
+# GitHub Pages serves the _static/ folders, force-pushed to $(PUBLISH_REMOTE).
+publish: setup
+	@test -f $(SITE)/index.html || { echo "make publish: no $(SITE)/index.html; run make book first"; exit 1; }
+	$(VENV)/bin/ghp-import --no-jekyll --no-history --force --push --remote $(PUBLISH_REMOTE) \
+		--branch $(PUBLISH_BRANCH) --message "Publish the book" $(SITE)
 
 bench: setup
 	$(PY) benchmarks/run.py

@@ -5,18 +5,22 @@ The notebooks in ``notebooks/`` are stripped sources. Each one is executed (kern
 executed copies are build products. Jupyter Book then renders them without executing
 anything (``execute_notebooks: "off"``) into ``_build/html``, failing on any warning.
 
-A notebook is executed again only when its source, its parameters or any ``mmcore`` source
-changed since its executed copy was written: the copy records a fingerprint of all three.
+Each notebook runs at the defaults of its ``parameters`` cell, which mirror ``Config``'s. A
+notebook is executed again only when its source or any ``mmcore`` source changed since its
+executed copy was written: the copy records a fingerprint of both.
+
+The site gets repository and issues buttons when ``repository.url`` is set in ``_config.yml``
+(or ``--repository-url`` is given); without a URL it has neither.
 
     python scripts/build_book.py                 # what `make book` runs
-    python scripts/build_book.py --only 00_toolchain_demo
+    python scripts/build_book.py --only 04_robustness
     python scripts/build_book.py --no-execute    # re-render the existing executed copies
+    python scripts/build_book.py --no-execute --repository-url https://github.com/you/mmcore
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import shutil
 import subprocess
 import sys
@@ -26,6 +30,7 @@ from typing import Any, Sequence
 
 import nbformat
 import papermill
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -34,18 +39,13 @@ CHAPTERS = BOOK / "chapters"
 CONFIG = ROOT / "_config.yml"
 STAGING = ROOT / "_build" / "executing"  # where a notebook runs; a failed run stays here
 
-# Papermill parameters `make book` passes per notebook (file stem -> Config leaves). A notebook
-# not listed runs at the defaults of its parameters cell, which mirror Config's defaults.
-PARAMETERS: dict[str, dict[str, Any]] = {}
-
 FINGERPRINT_KEY = "mmcore_build"  # notebook metadata key holding the fingerprint
 
 
-def fingerprint(source: Path, parameters: dict[str, Any]) -> str:
-    """Hash of what an executed copy depends on: the notebook, its parameters, mmcore's code."""
+def fingerprint(source: Path) -> str:
+    """Hash of what an executed copy depends on: the notebook and mmcore's code."""
     digest = hashlib.sha256()
     digest.update(source.read_bytes())
-    digest.update(json.dumps(parameters, sort_keys=True).encode())
     for path in sorted((ROOT / "mmcore").rglob("*.py")):
         digest.update(path.relative_to(ROOT).as_posix().encode())
         digest.update(path.read_bytes())
@@ -101,15 +101,49 @@ def execute(
     staged.unlink()
 
 
-def build_site(book: Path, config: Path, output: Path) -> None:
+def site_config(config: Path, repository_url: str = "") -> dict[str, Any]:
+    """The Jupyter Book configuration to build with: ``config`` with its repository and issues
+    buttons on exactly when a repository URL is set.
+
+    Jupyter Book refuses those buttons without a URL, so ``_config.yml`` keeps them off and
+    leaves the URL empty for the author to fill; this turns them on once it is filled.
+
+    Args:
+        config: The book's ``_config.yml``.
+        repository_url: Overrides ``repository.url`` of ``config`` when not empty.
+    """
+    data = yaml.safe_load(config.read_text()) or {}
+    repository = data.get("repository") or {}
+    if repository_url:
+        repository["url"] = repository_url
+    data["repository"] = repository
+    has_url = bool(repository.get("url"))
+    html = data.get("html") or {}
+    html["use_repository_button"] = has_url
+    html["use_issues_button"] = has_url
+    data["html"] = html
+    return data
+
+
+def build_site(book: Path, config: Path, output: Path, repository_url: str = "") -> None:
     """Render ``book`` with Jupyter Book into ``output/_build/html``; any warning is an error.
+
+    Args:
+        book: The book's source folder (``_toc.yml``, ``intro.md``, ``chapters/``).
+        config: Its ``_config.yml``; built as ``site_config`` turns it (repository buttons).
+        output: Where ``_build/`` goes.
+        repository_url: Overrides ``repository.url`` of ``config`` when not empty.
 
     Raises:
         RuntimeError: Jupyter Book reported a warning or an error.
     """
+    book, output = book.resolve(), output.resolve()  # jupyter-book runs in ROOT
+    effective = output / "_build" / "_config.yml"
+    effective.parent.mkdir(parents=True, exist_ok=True)
+    effective.write_text(yaml.safe_dump(site_config(config, repository_url), sort_keys=False))
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
     command = [
-        str(jupyter_book), "build", str(book), "--config", str(config),
+        str(jupyter_book), "build", str(book), "--config", str(effective),
         "--path-output", str(output), "--all", "-W", "-n", "--keep-going",
     ]
     if subprocess.run(command, cwd=ROOT).returncode != 0:
@@ -148,6 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true",
                         help="execute even when an executed copy is up to date")
     parser.add_argument("--no-build", action="store_true", help="execute only; skip jupyter-book")
+    parser.add_argument("--repository-url", default="", metavar="URL",
+                        help="the book's repository (overrides repository.url of _config.yml); "
+                             "turns on the repository and issues buttons")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
@@ -156,18 +193,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         remove_stale_chapters(sources)
     if not args.no_execute:
         for i, source in enumerate(sources, 1):
-            parameters = PARAMETERS.get(source.stem, {})
             dest = CHAPTERS / source.name
-            stamp = fingerprint(source, parameters)
+            stamp = fingerprint(source)
             tag = f"[{i}/{len(sources)}] {source.stem}"
             if not args.force and is_current(dest, stamp):
                 print(f"{tag}: up to date")
                 continue
-            print(f"{tag}: executing{' with ' + json.dumps(parameters) if parameters else ''}",
-                  flush=True)
+            print(f"{tag}: executing", flush=True)
             t0 = time.perf_counter()
             try:
-                execute(source, dest, parameters, stamp)
+                execute(source, dest, {}, stamp)
             except RuntimeError as err:
                 print(f"build_book: {err}", file=sys.stderr)
                 return 1
@@ -175,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_build:
         print("building the site with jupyter-book", flush=True)
         try:
-            build_site(BOOK, CONFIG, ROOT)
+            build_site(BOOK, CONFIG, ROOT, args.repository_url)
         except RuntimeError as err:
             print(f"build_book: {err}", file=sys.stderr)
             return 1
