@@ -7,7 +7,10 @@ that needs a real chapter executes it over its stand-in (see tests/test_book_sit
 """
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -66,3 +69,24 @@ def build(out: Path, repository_url: str = "") -> Path:
     build_book = load_script("scripts/build_book.py")
     build_book.build_site(out / "book", out / "_config.yml", out, repository_url)
     return out / "_build" / "html"
+
+
+GIT_ENV = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.org",
+           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.org"}
+
+
+def git(*args: str, cwd: Path) -> str:
+    """``git args`` in ``cwd`` with a fixed identity; its stdout."""
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True,
+                          env={**os.environ, **GIT_ENV}).stdout
+
+
+def make_publish(site: Path, work: Path, remote: str, **variables: str) -> subprocess.CompletedProcess:
+    """The Makefile's `publish` target run in the git repository ``work`` (setup skipped: the
+    tests already run in the installed venv), publishing ``site`` to ``remote``."""
+    command = ["make", "--no-print-directory", "-f", str(ROOT / "Makefile"), "-o", "setup",
+               "publish", f"VENV={Path(sys.executable).parents[1]}", f"SITE={site}",
+               f"PUBLISH_REMOTE={remote}"]
+    command += [f"{key}={value}" for key, value in variables.items()]
+    return subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **GIT_ENV})

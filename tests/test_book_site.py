@@ -1,23 +1,31 @@
 """The built book works as a reader sees it: offline, in headless Chromium.
 
-Builds the site for the robustness chapter (small parameters: three tiny training runs) in a
-temporary copy of the book, serves it on 127.0.0.1 and checks what only a browser can: plots
-load, math is typeset, glued numbers are in the prose, the widget slider moves the
-pre-rendered outputs without a kernel, and no request leaves the machine.
+Two small builds in temporary copies of the book (tests/_site.py), served on 127.0.0.1:
+
+- every chapter as a stand-in page (seconds): the menu opens and leads to a chapter on a
+  phone and toggles on a desktop, chapters are numbered, the home page links every chapter
+  and the paper, each page offers its source for download, wide tables say they scroll,
+  no page logs an error or a warning, and the site published by `make publish` opens;
+- the robustness chapter executed at small parameters (three tiny training runs): plots
+  load, math is typeset, glued numbers are in the prose, the widget slider moves the
+  pre-rendered outputs without a kernel.
+
+Across both, no request leaves the machine.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import re
-import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import urljoin, urlparse
 
 import pytest
 from _scripts import load_script
+from _site import build, chapter_title, git, make_publish, standin_book
 
 pytestmark = pytest.mark.browser
 
@@ -25,6 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 CHAPTER = "04_robustness"
 TITLE = "Robustness to missing modalities"
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1280, "height": 900}
+PAPER = "https://arxiv.org/abs/2407.12616"
 # Config leaves that make the chapter's three training runs take seconds each
 SMALL_PARAMS = {"limit_samples": 64, "epochs": 1, "batch_size": 16, "eval_batch_size": 32,
                 "prompt_length": 2}
@@ -41,15 +53,11 @@ def _load_build_book():
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The chapter built into a throw-away copy of the book (the repo's _build and runs/ untouched)."""
+    """The chapter built into a throw-away copy of the book (the repo's _build and runs/ untouched);
+    the other chapters are stand-ins."""
     build_book = _load_build_book()
     out = tmp_path_factory.mktemp("site")
-    book = out / "book"
-    book.mkdir()
-    for name in ("_toc.yml", "intro.md"):
-        shutil.copy(ROOT / "book" / name, book / name)
-    shutil.copytree(ROOT / "book" / "_vendor", book / "_vendor")
-    shutil.copy(ROOT / "_config.yml", out / "_config.yml")
+    book = standin_book(out)
     source = ROOT / "notebooks" / f"{CHAPTER}.ipynb"
     params = {**SMALL_PARAMS, "out_dir": str(out / "runs")}
     build_book.execute(source, book / "chapters" / source.name, params, progress=False)
@@ -57,30 +65,53 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "_build" / "html"
 
 
+@pytest.fixture(scope="module")
+def standin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every chapter as a stand-in page: the site's frame (menu, home page, buttons) in seconds."""
+    out = tmp_path_factory.mktemp("standin")
+    standin_book(out)
+    return build(out)
+
+
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib name)
         pass
 
 
-@pytest.fixture(scope="module")
-def base_url(site: Path) -> Iterator[str]:
-    handler = functools.partial(_QuietHandler, directory=str(site))
+@contextlib.contextmanager
+def _serve(folder: Path) -> Iterator[str]:
+    """``folder`` over HTTP on 127.0.0.1; yields the base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(folder))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    thread.join()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        thread.join()
 
 
 @pytest.fixture(scope="module")
-def browser_log(base_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+def base_url(site: Path) -> Iterator[str]:
+    with _serve(site) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def standin_url(standin_site: Path) -> Iterator[str]:
+    with _serve(standin_site) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """A Chromium context on a fresh profile that records every request and every local error."""
     if not CHROMIUM.is_file():
         pytest.fail(f"{CHROMIUM} not found: `apt-get install -y chromium` (make setup does this)")
     from playwright.sync_api import sync_playwright
 
-    log: dict = {"requests": [], "errors": []}
+    log: dict = {"requests": [], "errors": [], "console": []}
     with sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
             str(tmp_path_factory.mktemp("profile")),
@@ -97,11 +128,140 @@ def browser_log(base_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         context.close()
 
 
-def _open(browser_log: dict, url: str):
+def _open(browser_log: dict, url: str, viewport: dict | None = None):
+    """A new page at ``url``; its console errors and warnings go to ``browser_log["console"]``."""
     page = browser_log["context"].new_page()
+    if viewport:
+        page.set_viewport_size(viewport)
     page.on("pageerror", lambda err: browser_log["errors"].append(f"js error {err}"))
+    page.on("console", lambda msg: msg.type in ("error", "warning")
+            and browser_log["console"].append(f"{msg.type}: {msg.text} ({page.url})"))
     page.goto(url, wait_until="networkidle")
     return page
+
+
+def _sidebar_shown(page) -> bool:
+    """The chapter menu (primary sidebar) is on screen: displayed and not slid off to the left."""
+    return page.evaluate("""() => {
+        const bar = document.querySelector('.bd-sidebar-primary');
+        if (!bar || getComputedStyle(bar).display === 'none') return false;
+        const box = bar.getBoundingClientRect();
+        return box.width > 0 && box.right > 1 && box.left >= -1;
+    }""")
+
+
+def _visible_menu_buttons(page) -> list:
+    toggles = page.locator(".primary-toggle")
+    return [toggles.nth(i) for i in range(toggles.count()) if toggles.nth(i).is_visible()]
+
+
+def test_phone_menu_opens_and_follows_a_chapter_link(browser_log: dict, standin_url: str) -> None:
+    page = _open(browser_log, f"{standin_url}/intro.html", PHONE)
+    assert not _sidebar_shown(page), "on a phone the menu starts closed"
+    buttons = _visible_menu_buttons(page)
+    assert len(buttons) == 1, f"expected one menu button on a phone, saw {len(buttons)}"
+    buttons[0].click()
+    page.wait_for_function("() => document.querySelector('.bd-sidebar-primary')"
+                           ".getBoundingClientRect().left >= -1", timeout=5_000)
+    assert _sidebar_shown(page)
+    link = page.locator(".bd-sidebar-primary a", has_text=TITLE)
+    assert link.is_visible()
+    link.click()
+    page.wait_for_url(f"**/chapters/{CHAPTER}.html", timeout=10_000)
+    assert TITLE in page.title()
+    assert not _sidebar_shown(page), "the menu closes on the new page"
+    page.close()
+
+
+def test_desktop_menu_button_hides_and_shows_the_sidebar(browser_log: dict, standin_url: str) -> None:
+    page = _open(browser_log, f"{standin_url}/chapters/{CHAPTER}.html", DESKTOP)
+    assert _sidebar_shown(page), "on a desktop the menu starts open"
+    buttons = _visible_menu_buttons(page)
+    assert len(buttons) == 1, f"expected one menu button, saw {len(buttons)}"
+    buttons[0].click()
+    page.wait_for_timeout(500)  # the slide-out transition
+    assert not _sidebar_shown(page), "the menu button did not hide the sidebar"
+    buttons[0].click()
+    page.wait_for_timeout(500)
+    assert _sidebar_shown(page), "the menu button did not bring the sidebar back"
+    page.close()
+
+
+def test_sidebar_numbers_the_chapters(browser_log: dict, standin_url: str) -> None:
+    page = _open(browser_log, f"{standin_url}/intro.html", DESKTOP)
+    entries = page.locator(".bd-sidebar-primary nav li.toctree-l1 > a").all_inner_texts()
+    expected = [f"{i}. {chapter_title(nb)}" for i, nb in enumerate(NOTEBOOKS, 1)]
+    assert [e.strip() for e in entries if e.strip()[:1].isdigit()] == expected
+    page.close()
+
+
+def test_home_page_links_every_chapter_and_the_paper(browser_log: dict, standin_url: str) -> None:
+    page = _open(browser_log, f"{standin_url}/intro.html", DESKTOP)
+    article = page.locator("article")
+    for nb in NOTEBOOKS:
+        link = article.locator(f'a[href="chapters/{nb.stem}.html"]')
+        assert link.count() >= 1, f"the home page does not link {nb.stem}"
+    assert article.locator(f'a[href="{PAPER}"]').count() >= 1, "no link to the paper"
+    headings = article.locator("h2").all_inner_texts()
+    assert any("Before you start" in h for h in headings), headings
+    assert any("Run it yourself" in h for h in headings), headings
+    assert "make lab" in article.inner_text()
+    page.close()
+
+
+@pytest.mark.parametrize(("path", "suffix"), [(f"chapters/{CHAPTER}.html", ".ipynb"),
+                                              ("intro.html", ".md")])
+def test_pages_offer_their_source_for_download(browser_log: dict, standin_url: str,
+                                               path: str, suffix: str) -> None:
+    page = _open(browser_log, f"{standin_url}/{path}", DESKTOP)
+    link = page.locator("a.btn-download-source-button")
+    assert link.count() == 1, "no download button"
+    href = link.get_attribute("href")
+    assert href.endswith(suffix), href
+    response = page.request.get(urljoin(page.url, href))
+    assert response.ok, f"{href}: {response.status}"
+    if suffix == ".ipynb":
+        assert "cells" in response.json()
+    page.close()
+
+
+def test_wide_table_scrolls_and_says_so_on_a_phone(browser_log: dict, standin_url: str) -> None:
+    page = _open(browser_log, f"{standin_url}/chapters/02_training.html", PHONE)
+    box = page.locator(".cell_output .output.text_html").first
+    assert page.locator(".mm-wide-note").first.is_visible(), "no note above the wide table"
+    geometry = box.evaluate("b => [b.scrollWidth, b.clientWidth, getComputedStyle(b).overflowX]")
+    assert geometry[0] > geometry[1] and geometry[2] == "auto", geometry
+    last = box.locator("th").last
+    box.evaluate("b => { b.scrollLeft = b.scrollWidth; }")
+    cell, frame = last.bounding_box(), box.bounding_box()
+    assert cell["x"] + cell["width"] <= frame["x"] + frame["width"] + 1, "the last column is out of reach"
+    page.close()
+
+
+def test_no_console_error_or_warning(browser_log: dict, standin_url: str) -> None:
+    """Runs after the stand-in pages were opened at both widths (file order)."""
+    for viewport in (PHONE, DESKTOP):
+        for path in ("intro.html", f"chapters/{CHAPTER}.html"):
+            _open(browser_log, f"{standin_url}/{path}", viewport).close()
+    theme = [m for m in browser_log["console"] if "theme mode" in m]
+    assert not theme, theme[:3]
+    assert not browser_log["console"], browser_log["console"][:5]
+
+
+def test_published_site_opens(browser_log: dict, standin_site: Path, tmp_path: Path) -> None:
+    bare, work, checkout = tmp_path / "remote.git", tmp_path / "work", tmp_path / "checkout"
+    git("init", "-q", "--bare", str(bare), cwd=tmp_path)
+    git("init", "-q", str(work), cwd=tmp_path)
+    git("remote", "add", "origin", str(bare), cwd=work)
+    result = make_publish(standin_site, work, "origin")
+    assert result.returncode == 0, result.stderr + result.stdout
+    git("clone", "-q", "--branch", "gh-pages", str(bare), str(checkout), cwd=tmp_path)
+    assert (checkout / ".nojekyll").is_file() and (checkout / "index.html").is_file()
+    with _serve(checkout) as url:
+        page = _open(browser_log, f"{url}/index.html", DESKTOP)  # redirects to the home page
+        assert "Start here" in page.title()
+        assert page.locator(".bd-sidebar-primary a", has_text=TITLE).count() == 1
+        page.close()
 
 
 def test_intro_page_renders(browser_log: dict, base_url: str) -> None:

@@ -5,36 +5,18 @@ with a stand-in site, so the project's own branches and `_build` are never touch
 """
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from _scripts import load_script
+from _site import build, make_publish, standin_book
+from _site import git as _git
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ROOT / ".github" / "workflows" / "book.yml"
 URL = "https://github.com/example/mmcore"
-GIT_ENV = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.org",
-           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.org"}
-
-
-def _git(*args: str, cwd: Path) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True,
-                          env={**os.environ, **GIT_ENV}).stdout
-
-
-def make_publish(site: Path, work: Path, remote: str, **variables: str) -> subprocess.CompletedProcess:
-    """The Makefile's `publish` target, run in ``work`` (setup skipped: we are in the venv)."""
-    command = ["make", "--no-print-directory", "-f", str(ROOT / "Makefile"), "-o", "setup",
-               "publish", f"VENV={Path(sys.executable).parents[1]}", f"SITE={site}",
-               f"PUBLISH_REMOTE={remote}"]
-    command += [f"{key}={value}" for key, value in variables.items()]
-    return subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **GIT_ENV})
 
 
 @pytest.fixture
@@ -160,8 +142,6 @@ def test_site_config_buttons_follow_the_repository_url(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_repository_buttons_appear_once_the_url_is_set(tmp_path: Path) -> None:
-    from _site import build, standin_book
-
     pages = {}
     for name, url in (("without", ""), ("with", URL)):
         standin_book(tmp_path / name)
