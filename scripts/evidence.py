@@ -1,4 +1,4 @@
-"""The comparison of issue 4: ours vs the CLS-token predictor vs dummy and zero fill, at eta = 0.7.
+"""The method comparison: ours vs the CLS-token predictor vs dummy and zero fill, at eta = 0.7.
 
 For each task and training setting, each method is trained once (load-or-train, so a rerun
 only fills what is missing) and its test split is encoded once; every missing type is then
