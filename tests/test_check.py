@@ -219,7 +219,8 @@ def test_check_data_reports_every_fault_with_its_row_column_and_action(faults):
     assert reported_rows == set(expected)  # clean rows (2, 3, 4) are not reported
     assert report.exit_code == 2 and report.split_sizes == {}  # stops: nothing is loaded
     image_problem = next(p for p in report.problems if p.kind == "truncated_image")
-    assert image_problem.file.endswith("truncated.jpg") and image_problem.sample_id == "trunc"
+    assert image_problem.file == str(path) and image_problem.sample_id == "trunc"
+    assert "truncated.jpg: truncated image" in image_problem.detail
     text = report.format()
     assert "STOP: 5 problem(s)" in text and "unknown_label" in text and "'bird'" in text
 

@@ -221,9 +221,8 @@ def _check_entries(entries: Sequence[_Entry], policy: dict[str, str], max_chars:
         image_bad = [BadInput("no_image", "the row names no image")] if e.image is None \
             else found[e.image][0]
         for bad in image_bad:
-            where = e.file if e.image is None else str(e.image)
-            problems.append(Problem(bad.kind, policy[bad.kind], where, e.row, "image",
-                                    _short(bad, e.image), e.split, e.sample_id))
+            problems.append(Problem(bad.kind, policy[bad.kind], e.file, e.row, "image",
+                                    str(bad), e.split, e.sample_id))
         for bad in inspect_text(e.text, max_chars):
             problems.append(Problem(bad.kind, policy[bad.kind], e.file, e.row, "text", str(bad),
                                     e.split, e.sample_id))
@@ -250,13 +249,6 @@ def _same_content(entries: Sequence[_Entry], digests: dict[Path, str], policy: d
                                 + (" with the same text" if kind == "split_leak" else ""),
                                 e.split, e.sample_id))
     return problems
-
-
-def _short(bad: BadInput, image: Path | None) -> str:
-    """The message without its leading path (the report's file column holds it)."""
-    text = str(bad)
-    prefix = f"{image}: "
-    return text[len(prefix):] if image is not None and text.startswith(prefix) else text
 
 
 def _check_splits(datasets: dict[str, MultimodalDataset], cfg: Config,

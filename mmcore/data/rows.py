@@ -58,7 +58,7 @@ def _parse_csv(path: Path, f: Any, flag: Flag) -> list[Row]:
     header = [h.strip() for h in next(reader, [])]
     if not _header_ok(path, header, flag):
         return []
-    rows, suspects, labels = [], [], set()
+    records = []  # (first line, fields, physical lines)
     line = reader.line_num + 1
     consumed.clear()
     while True:
@@ -70,29 +70,35 @@ def _parse_csv(path: Path, f: Any, flag: Flag) -> list[Row]:
             break
         if record is None:
             break
-        physical, first = list(consumed), line
+        if record:  # not a blank line
+            records.append((line, record, list(consumed)))
         consumed.clear()
         line = reader.line_num + 1
-        if not record:  # a blank line
-            continue
-        if len(record) != len(header):
+    labels = {r[header.index("label")].strip() for _, r, lines_ in records
+              if len(lines_) == 1 and len(r) == len(header)}
+    rows = []
+    for first, record, physical in records:
+        swallowed = _swallowed_row(physical, header, labels)
+        if swallowed:
+            flag("merged_rows", first, None, f"{path}: line {first} opens a quote that is not "
+                 f"closed on its line, so line {first + swallowed} (a row of its own) and the "
+                 "lines between were read into one field; close the quote (a quote inside a "
+                 'text is written "")')
+        elif len(record) != len(header):
             flag("field_count", first, None, _field_count_message(path, first, record, header))
-            continue
-        row = dict(zip(header, record))
-        rows.append((first, row))
-        labels.add(row["label"].strip())
-        suspects += [(first, first + k, inner) for k, inner in enumerate(physical[1:], 1)]
-    merged = {}
-    for first, inner_line, text in suspects:  # a swallowed line that is a row of its own
+        else:
+            rows.append((first, dict(zip(header, record))))
+    return rows
+
+
+def _swallowed_row(physical: list[str], header: list[str], labels: set[str]) -> int:
+    """Offset of the first line inside a multi-line record that is a row of its own
+    (the header's field count and a label other rows use); 0 if none."""
+    for offset, text in enumerate(physical[1:], 1):
         inner = next(csv.reader([text]), [])
-        if len(inner) == len(header) and dict(zip(header, inner))["label"].strip() in labels:
-            merged.setdefault(first, inner_line)
-    for first, inner_line in merged.items():
-        flag("merged_rows", first, None, f"{path}: line {first} opens a quote that is not "
-             f"closed on its line, so line {inner_line} (a row of its own) and the lines "
-             "between were read into one field; close the quote (a quote inside a text is "
-             'written "")')
-    return [(n, row) for n, row in rows if n not in merged]
+        if len(inner) == len(header) and inner[header.index("label")].strip() in labels:
+            return offset
+    return 0
 
 
 def _header_ok(path: Path, header: list[str], flag: Flag) -> bool:
