@@ -103,7 +103,7 @@ def execute(
 
 def site_config(config: Path, repository_url: str = "") -> dict[str, Any]:
     """The Jupyter Book configuration to build with: ``config`` with its repository and issues
-    buttons on exactly when a repository URL is set.
+    buttons on exactly when a repository URL is set, and its local extensions' paths absolute.
 
     Jupyter Book refuses those buttons without a URL, so ``_config.yml`` keeps them off and
     leaves the URL empty for the author to fill; this turns them on once it is filled.
@@ -113,6 +113,11 @@ def site_config(config: Path, repository_url: str = "") -> dict[str, Any]:
         repository_url: Overrides ``repository.url`` of ``config`` when not empty.
     """
     data = yaml.safe_load(config.read_text()) or {}
+    # Jupyter Book resolves these against the config file's folder; the built config lives
+    # elsewhere, so they become absolute.
+    local = (data.get("sphinx") or {}).get("local_extensions") or {}
+    for name, path in local.items():
+        local[name] = str((config.parent / path).resolve())
     repository = data.get("repository") or {}
     if repository_url:
         repository["url"] = repository_url

@@ -45,7 +45,8 @@ def standin_book(out: Path) -> Path:
     (book / "chapters").mkdir(parents=True)
     for name in ("_toc.yml", "intro.md"):
         shutil.copy(ROOT / "book" / name, book / name)
-    shutil.copytree(ROOT / "book" / "_vendor", book / "_vendor")
+    for folder in ("_vendor", "_ext"):
+        shutil.copytree(ROOT / "book" / folder, book / folder)
     shutil.copy(ROOT / "_config.yml", out / "_config.yml")
     for source in sorted((ROOT / "notebooks").glob("*.ipynb")):
         nb = nbformat.v4.new_notebook()

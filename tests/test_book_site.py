@@ -209,19 +209,33 @@ def test_home_page_links_every_chapter_and_the_paper(browser_log: dict, standin_
     page.close()
 
 
-@pytest.mark.parametrize(("path", "suffix"), [(f"chapters/{CHAPTER}.html", ".ipynb"),
-                                              ("intro.html", ".md")])
-def test_pages_offer_their_source_for_download(browser_log: dict, standin_url: str,
-                                               path: str, suffix: str) -> None:
-    page = _open(browser_log, f"{standin_url}/{path}", DESKTOP)
-    link = page.locator("a.btn-download-source-button")
-    assert link.count() == 1, "no download button"
+def _download(page, selector: str):
+    """The file behind the download-menu entry ``selector`` of ``page``: (href, response)."""
+    link = page.locator(selector)
+    assert link.count() == 1, f"no download entry {selector}"
     href = link.get_attribute("href")
-    assert href.endswith(suffix), href
     response = page.request.get(urljoin(page.url, href))
     assert response.ok, f"{href}: {response.status}"
-    if suffix == ".ipynb":
-        assert "cells" in response.json()
+    return href, response
+
+
+def test_chapters_offer_their_notebook_as_ipynb_and_md(browser_log: dict, standin_url: str) -> None:
+    for nb in NOTEBOOKS:
+        page = _open(browser_log, f"{standin_url}/chapters/{nb.stem}.html", DESKTOP)
+        href, response = _download(page, "a.btn-download-source-button")
+        assert href.endswith(f"{nb.stem}.ipynb") and "cells" in response.json()
+        href, response = _download(page, "a.btn-download-markdown-notebook-button")
+        text = response.text()
+        assert href.endswith(f"{nb.stem}.md"), href
+        assert text.startswith("---") and "jupytext" in text and "```{code-cell}" in text
+        assert f"# {chapter_title(nb)}" in text
+        page.close()
+
+
+def test_home_page_offers_its_markdown_source(browser_log: dict, standin_url: str) -> None:
+    page = _open(browser_log, f"{standin_url}/intro.html", DESKTOP)
+    href, response = _download(page, "a.btn-download-source-button")
+    assert href.endswith("intro.md") and response.text().startswith("# Start here")
     page.close()
 
 

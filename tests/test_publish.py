@@ -137,7 +137,15 @@ def test_site_config_buttons_follow_the_repository_url(tmp_path: Path) -> None:
     (tmp_path / "_config.yml").write_text(yaml.safe_dump(config))
     filled = build_book.site_config(tmp_path / "_config.yml")
     assert filled["html"]["use_repository_button"] and filled["html"]["use_issues_button"]
-    assert filled["sphinx"] == config["sphinx"], "everything else passes through unchanged"
+    assert filled["sphinx"]["config"] == config["sphinx"]["config"], "the rest passes through"
+
+
+def test_site_config_makes_local_extension_paths_absolute() -> None:
+    build_book = load_script("scripts/build_book.py")
+    local = build_book.site_config(ROOT / "_config.yml")["sphinx"]["local_extensions"]
+    assert local, "the book has a local extension (the .md download)"
+    for name, path in local.items():
+        assert Path(path).is_absolute() and (Path(path) / f"{name}.py").is_file(), path
 
 
 @pytest.mark.slow
