@@ -5,8 +5,10 @@ import subprocess
 import sys
 
 import pytest
+from _clipart_rows import write_manifest
 
 from mmcore.cli import main, parser
+from mmcore.config import Config
 
 
 def test_help_lists_every_command():
@@ -43,3 +45,61 @@ def test_train_then_evaluate_from_the_run_folder(tmp_path, mmcore_cache):
                            "--rates", "0.5", "--seeds", "0"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "3 rows" in done.stdout
+
+
+def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  prompt_length: 4\noptim:\n  epochs: [1, 2\n  lr: 3e-4\n")
+    assert main(["train", "--config", str(bad)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {bad}: line 5, column 5: invalid YAML")
+    assert "<unicode string>" not in line
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "--set", "missing_rate=nan"], "missing.missing_rate=nan is not a finite number"),
+    (["train", "--set", "lr=.inf"], "optim.lr=inf is not a finite number"),
+    (["check-data", "--set", "text_encoder=[unclosed"], "override 'text_encoder=[unclosed'"),
+    (["train", "--set", "dataset=manifest", "--set", "task=category"],
+     "data.task='category' for a manifest; valid: auto, multiclass, multilabel, binary"),
+    (["evaluate", "--run", "nowhere/run"], "nowhere/run holds no run (no config.yaml)"),
+])
+def test_config_and_run_faults_are_one_line_and_exit_2(argv, needle, capsys):
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert len(err.strip().splitlines()) == 1 and needle in err and "Traceback" not in out + err
+
+
+def test_a_batch_larger_than_the_data_shows_the_report_and_exits_2(tmp_path, capsys):
+    manifest = write_manifest(tmp_path / "my_data", per_class=4)
+    argv = ["train", "--set", "dataset=manifest", "--set", f"data_root={manifest}",
+            "--set", "batch_size=1000", "--set", "progress=false",
+            "--set", f"out_dir={tmp_path / 'run'}"]
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert "batch_too_large" in out and "optim.batch_size=1000 is larger than the training" in out
+    assert "task: multiclass (inferred: one label per row, 3 classes); 3 classes: animals, " \
+           "buildings, electronics" in out
+    assert err.startswith("error: 1 problem(s) in the data stop training") and "\n" not in err.strip()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "sweep"])
+def test_evaluate_and_sweep_refuse_an_unfinished_run_naming_the_command(tmp_path, capsys,
+                                                                        command):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(Config.from_params(out_dir=str(run)).to_yaml())
+    assert main([command, "--run", str(run)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line == (f"error: {run} is not a finished run (no final.json); finish its training "
+                    f"with: python -m mmcore train --config {run / 'config.yaml'}")
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]  # nothing trained
+
+
+def test_check_data_writes_nothing_unless_asked(tmp_path, monkeypatch, capsys):
+    manifest = write_manifest(tmp_path / "my_data", per_class=4)
+    monkeypatch.chdir(tmp_path)
+    assert main(["check-data", "--set", "dataset=manifest", "--set", f"data_root={manifest}",
+                 "--set", "batch_size=4", "--set", "progress=false"]) == 0
+    assert "\nOK: " in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my_data"]
