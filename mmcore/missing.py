@@ -17,6 +17,11 @@ Two decisions beyond MAP:
   image-missing set ``floor(k / 2)`` of the ``k = int(n * eta)`` samples, and both sets
   stay nested across rates (a first-half/second-half split would not).
 
+Real missingness: the table is drawn over the whole split, but it never takes a row's
+only modality, so no row ends with neither. A row that really lacks its text keeps its
+image when the table picks it for ``image`` (and the other way round); it counts as
+its real missingness, so on data with real gaps the simulated rate is a lower bound.
+
 ``int(n * eta)`` is computed as ``floor(n * eta + 1e-9)`` so that float error does not
 drop a sample (``100 * 0.29`` is ``28.999...`` in floating point).
 """
@@ -126,15 +131,16 @@ class MissingTable:
             has_text: (B,) bool, real text availability.
 
         Returns:
-            ``(has_image, has_text)``: real availability AND NOT removed by the table.
+            ``(has_image, has_text)``: real availability AND NOT removed by the table,
+            except that no row loses its only modality (see the module's note).
         """
         idx = index.cpu().numpy()
         if len(idx) and (idx.min() < 0 or idx.max() >= self.n):
             raise IndexError(f"sample index {int(idx.max())} outside the missing table of "
                              f"{self.dataset}/{self.split} (n={self.n})")
-        keep_image = torch.from_numpy(~self.image_mask[idx]).to(has_image.device)
-        keep_text = torch.from_numpy(~self.text_mask[idx]).to(has_text.device)
-        return has_image & keep_image, has_text & keep_text
+        drop_image = torch.from_numpy(self.image_mask[idx]).to(has_image.device) & has_text
+        drop_text = torch.from_numpy(self.text_mask[idx]).to(has_text.device) & has_image
+        return has_image & ~drop_image, has_text & ~drop_text
 
     # --- persistence ----------------------------------------------------------------------
 

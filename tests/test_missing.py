@@ -111,3 +111,22 @@ def test_load_or_build_saves_once_then_reuses(tmp_path):
     assert load_or_build(tmp_path, cfg, "memes", "test", 120) == first
     with pytest.raises(ValueError, match="n=120"):
         load_or_build(tmp_path, cfg, "memes", "test", 121)
+
+
+def test_a_row_never_loses_its_only_modality():
+    n = 200
+    table = MissingTable.build(n, 1.0, "both", seed=0)
+    index = torch.arange(n)
+    has_image = torch.ones(n, dtype=torch.bool)
+    has_text = torch.ones(n, dtype=torch.bool)
+    has_text[::3] = False  # real missingness: every third row has no text
+    has_image[1::3] = False  # and every third other row no image
+    image, text = table.apply(index, has_image, has_text)
+    assert not (~image & ~text).any()  # no row with neither
+    assert (image <= has_image).all() and (text <= has_text).all()  # nothing made up
+    complete = has_image & has_text
+    # on rows that have both, the table applies exactly
+    assert torch.equal(image[complete], ~torch.from_numpy(table.image_mask)[complete])
+    assert torch.equal(text[complete], ~torch.from_numpy(table.text_mask)[complete])
+    spared = (~has_text & torch.from_numpy(table.image_mask)).sum()
+    assert spared > 0 and image[~has_text].all()  # text-less rows the table picked keep images
