@@ -74,7 +74,10 @@ def score(model: FusionModel, cache: EmbeddingCache, table: MissingTable, task_t
           fill: str | None = None) -> dict[str, float]:
     """Metrics of the cached split under one missing table (and optionally another fill)."""
     model.eval()
-    has_image, has_text = table.apply(cache.index, cache.emb.has_image, cache.emb.has_text)
+    # tables have one row per cached sample; rows skipped by bad_sample_policy="skip" leave
+    # gaps in the split positions (cache.index), so the table is indexed by cache position
+    positions = torch.arange(len(cache))
+    has_image, has_text = table.apply(positions, cache.emb.has_image, cache.emb.has_text)
     device = next(model.parameters()).device
     emb = Embeddings(**{f.name: _move(getattr(cache.emb, f.name), device) for f in fields(Embeddings)})
     logits = model.fuse(emb, has_image.to(device), has_text.to(device), fill=fill).float().cpu()
