@@ -582,11 +582,12 @@ def fit(
 
     net = model
     if info.world_size > 1:
-        # a parameter goes unused in a step only when rows lack a modality (one encoder and
-        # the alignment are skipped) or a rank's batch is too small to align
-        unused = cfg.missing.missing_train == "missing" or (train_loader.batch_size or 0) < 2
+        # a step may leave trainable parameters without a gradient: a rank's batch can lack
+        # a modality (real missingness or the missing table skip that encoder and the
+        # alignment), and some never get one (a pooler's bias, the prompts under
+        # predict_from="cls"); DDP must look for them in every step
         net = DistributedDataParallel(model, device_ids=[device.index] if device.index is not None
-                                      else None, find_unused_parameters=unused)
+                                      else None, find_unused_parameters=True)
     with _StopSignals(info, device) as stop:
         trainer = _Trainer(model, net, optimizer, scheduler, cfg, info, device, run_dir, stop)
         while state.epoch < o.epochs:
