@@ -83,8 +83,8 @@ class TextEncoder(nn.Module):
 
     The backbone's ``embeddings`` module adds word, position and type embeddings (and its
     LayerNorm) for the real tokens only; the prompts join after that, so they carry no
-    position embedding; the ``encoder`` layers then run with a (B, 1, L+K, L+K) boolean mask
-    that SDPA consumes as given.
+    position embedding; the ``encoder`` layers then run with the (B, 1, L+K, L+K) mask as
+    an additive bias, which every attention implementation applies.
     """
 
     def __init__(self, backbone: PreTrainedModel, pooling: Pooling = "cls",
@@ -136,7 +136,11 @@ class TextEncoder(nn.Module):
         x = torch.cat([x, self.prompts(x.shape[0]).to(x.dtype)], dim=1)  # (B, L + K, D)
         mask = read_only_mask(num_tokens, self.prompt_length, self.prompts_see_each_other,
                               key_padding_mask=real)  # (B, 1, L + K, L + K)
-        x = self.backbone.encoder(x, attention_mask=mask).last_hidden_state  # (B, L + K, D)
+        # additive, so that every attention implementation applies it (eager attention adds
+        # a boolean mask as 0 / 1 instead of masking, which would undo read-only)
+        bias = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill(
+            ~mask, torch.finfo(x.dtype).min)
+        x = self.backbone.encoder(x, attention_mask=bias).last_hidden_state  # (B, L + K, D)
         tokens = x[:, :num_tokens]
         if self.pooling == "cls":
             embedding = tokens[:, 0]
