@@ -1,14 +1,17 @@
 """python -m mmcore: one clear line for a bad config, a full run for a good one."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import pytest
 from _clipart_rows import write_manifest
 
-from mmcore.cli import main, parser
+from mmcore.cli import _record_data, main, parser
 from mmcore.config import Config
+from mmcore.data.check import check_data
+from mmcore.data.problems import DataError
 
 
 def test_help_lists_every_command():
@@ -103,3 +106,19 @@ def test_check_data_writes_nothing_unless_asked(tmp_path, monkeypatch, capsys):
                  "--set", "batch_size=4", "--set", "progress=false"]) == 0
     assert "\nOK: " in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["my_data"]
+
+
+def test_the_task_and_classes_are_saved_and_a_resumed_run_must_match(tmp_path):
+    manifest = write_manifest(tmp_path / "my_data", per_class=4)
+    cfg = Config.from_params(dataset="manifest", data_root=str(manifest), batch_size=4,
+                             progress=False)
+    report = check_data(cfg)
+    _record_data(report, tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "data.json").read_text())
+    assert saved["task_type"] == "multiclass" and saved["classes"] == [
+        "animals", "buildings", "electronics"]
+    assert saved["task_reason"] == "inferred: one label per row, 3 classes"
+    assert json.loads((tmp_path / "run" / "check_data.json").read_text())["exit_code"] == 0
+    report.classes = ["animals", "buildings"]  # the data changed before a resume
+    with pytest.raises(DataError, match="the data changed since this run started"):
+        _record_data(report, tmp_path / "run")

@@ -10,7 +10,6 @@ from mmcore.config import DataConfig
 from mmcore.data import SPLITS, load_dataset
 from mmcore.data.manifest import load_manifest
 from mmcore.data.problems import DataError
-from mmcore.data.sampling import stratified_order
 
 
 def _csv(path: Path, header: str, rows: list[str]) -> Path:
@@ -23,21 +22,6 @@ def _images(folder: Path, n: int) -> list[str]:
     for i in range(n):
         Image.new("RGB", (8, 8), (i * 20 % 256, 0, 0)).save(folder / f"{i}.png")
     return [f"{folder.name}/{i}.png" for i in range(n)]
-
-
-# --- stratified ordering --------------------------------------------------------------------
-
-
-def test_every_prefix_of_the_stratified_order_is_proportional():
-    strata = ["a"] * 50 + ["b"] * 30 + ["c"] * 20
-    order = stratified_order(strata, seed=1)
-    assert sorted(order.tolist()) == list(range(100))
-    for k in (7, 10, 33, 90):
-        counts = Counter(strata[i] for i in order[:k])
-        for s, size in (("a", 50), ("b", 30), ("c", 20)):
-            assert abs(counts[s] - k * size / 100) <= 1
-    assert (stratified_order(strata, seed=1) == order).all()
-    assert not (stratified_order(strata, seed=2) == order).all()
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -152,3 +136,36 @@ def test_registry_rejects_unknown_splits_and_lists_every_dataset():
     cfg = DataConfig(dataset="food101", data_root="nowhere")
     with pytest.raises(ValueError, match="split='dev_seen' for food101; valid: train, val, test"):
         load_dataset(cfg, "dev_seen")
+
+
+# --- where images may come from -------------------------------------------------------------
+
+
+def test_paths_outside_the_folder_are_never_opened_unless_allowed(tmp_path):
+    data = tmp_path / "data"
+    inside = _images(data / "pics", 2)
+    _images(tmp_path / "elsewhere", 1)
+    (data / "pics" / "link_in.png").symlink_to(data / "pics" / "1.png")
+    (data / "pics" / "link_out.png").symlink_to(tmp_path / "elsewhere" / "0.png")
+    rows = [f"{inside[0]},a,x,train", f"{data / inside[1]},b,y,train",  # absolute, inside
+            "pics/link_in.png,c,x,train", "pics/link_out.png,d,y,train",
+            "../elsewhere/0.png,e,x,train", f"{tmp_path / 'elsewhere' / '0.png'},f,y,train"]
+    manifest = _csv(data / "m.csv", "image,text,label,split", rows)
+    with pytest.warns(UserWarning, match=r"outside_root x3 \(missing\)"):
+        kept = load_manifest(manifest, "train")
+    assert [s.image is not None for s in kept.samples] == [True, True, True, False, False, False]
+    with pytest.raises(DataError, match=r"line 5, column 'image': pics/link_out.png resolves "
+                                        r"outside .*allow_outside_root"):
+        load_manifest(manifest, "train", bad_sample_policy="stop")
+    allowed = load_manifest(manifest, "train", allow_outside_root=True)
+    assert all(s.image is not None for s in allowed.samples)
+
+
+def test_a_quoted_text_over_several_lines_is_one_row(tmp_path):
+    manifest = _csv(tmp_path / "m.csv", "image,text,label", [
+        ',"first line, with a comma\nsecond line, x, y",a', ",plain,b", ",other,a", ",more,b"])
+    ds = load_manifest(manifest, "train", task="multiclass")
+    texts = [s.text for split in ("train", "val", "test")
+             for s in load_manifest(manifest, split).samples]
+    assert "first line, with a comma\nsecond line, x, y" in texts and len(texts) == 4
+    assert ds.task_type == "multiclass"
