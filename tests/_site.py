@@ -82,7 +82,8 @@ def git(*args: str, cwd: Path) -> str:
                           env={**os.environ, **GIT_ENV}).stdout
 
 
-def make_publish(site: Path, work: Path, remote: str, **variables: str) -> subprocess.CompletedProcess:
+def make_publish(site: Path, work: Path, remote: str,
+                 **variables: str) -> subprocess.CompletedProcess:
     """The Makefile's `publish` target run in the git repository ``work`` (setup skipped: the
     tests already run in the installed venv), publishing ``site`` to ``remote``."""
     command = ["make", "--no-print-directory", "-f", str(ROOT / "Makefile"), "-o", "setup",

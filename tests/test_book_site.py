@@ -173,7 +173,25 @@ def test_phone_menu_opens_and_follows_a_chapter_link(browser_log: dict, standin_
     page.close()
 
 
-def test_desktop_menu_button_hides_and_shows_the_sidebar(browser_log: dict, standin_url: str) -> None:
+def test_phone_contents_button_opens_the_page_outline(browser_log: dict, standin_url: str) -> None:
+    page = _open(browser_log, f"{standin_url}/intro.html", PHONE)
+    outline = page.locator(".bd-sidebar-secondary")
+    shown = ("el => { const r = el.getBoundingClientRect(); return r.left >= -1"
+             " && r.right <= innerWidth + 1 && getComputedStyle(el).visibility === 'visible'; }")
+    assert not outline.evaluate(shown), "on a phone the outline starts closed"
+    buttons = page.locator(".secondary-toggle")
+    visible = [buttons.nth(i) for i in range(buttons.count()) if buttons.nth(i).is_visible()]
+    assert len(visible) == 1, f"expected one Contents button on a phone, saw {len(visible)}"
+    visible[0].click()
+    page.wait_for_function(f"() => ({shown})(document.querySelector('.bd-sidebar-secondary'))",
+                           timeout=5_000)
+    outline.locator("a", has_text="Run it yourself").click()
+    page.wait_for_url("**/intro.html#run-it-yourself", timeout=5_000)
+    page.close()
+
+
+def test_desktop_menu_button_hides_and_shows_the_sidebar(browser_log: dict,
+                                                          standin_url: str) -> None:
     page = _open(browser_log, f"{standin_url}/chapters/{CHAPTER}.html", DESKTOP)
     assert _sidebar_shown(page), "on a desktop the menu starts open"
     buttons = _visible_menu_buttons(page)
@@ -248,7 +266,7 @@ def test_wide_table_scrolls_and_says_so_on_a_phone(browser_log: dict, standin_ur
     last = box.locator("th").last
     box.evaluate("b => { b.scrollLeft = b.scrollWidth; }")
     cell, frame = last.bounding_box(), box.bounding_box()
-    assert cell["x"] + cell["width"] <= frame["x"] + frame["width"] + 1, "the last column is out of reach"
+    assert cell["x"] + cell["width"] <= frame["x"] + frame["width"] + 1, "last column out of reach"
     page.close()
 
 

@@ -70,7 +70,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             if process.poll() is not None:
-                pytest.fail(f"make lab exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+                pytest.fail(f"make lab exited with {process.returncode}:\n"
+                            f"{log.read_text()[-3000:]}")
             try:
                 server.request("/api/status")
                 break

@@ -113,7 +113,8 @@ def test_workflow_deploys_the_built_site() -> None:
     steps = _steps(_workflow())
     uses = [step.get("uses", "") for step in steps]
     assert any(u.startswith("actions/checkout@") for u in uses)
-    upload = next(s for s in steps if s.get("uses", "").startswith("actions/upload-pages-artifact@"))
+    upload = next(s for s in steps
+                  if s.get("uses", "").startswith("actions/upload-pages-artifact@"))
     assert upload["with"]["path"] == "_build/html"
     assert any(u.startswith("actions/deploy-pages@") for u in uses)
     assert re.search(r"^SITE \?= _build/html$", (ROOT / "Makefile").read_text(), re.M)
@@ -157,5 +158,6 @@ def test_repository_buttons_appear_once_the_url_is_set(tmp_path: Path) -> None:
         pages[name] = (html / "chapters" / "04_robustness.html").read_text()
     assert "btn-source-repository-button" not in pages["without"]
     assert URL not in pages["without"]
-    assert re.search(rf'href="{URL}"[^>]*\s+class="[^"]*btn-source-repository-button', pages["with"])
+    button = rf'href="{URL}"[^>]*\s+class="[^"]*btn-source-repository-button'
+    assert re.search(button, pages["with"])
     assert f'href="{URL}/issues/new?' in pages["with"]
