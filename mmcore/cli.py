@@ -15,11 +15,11 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, get_args, get_type_hints
 
 from mmcore import experiment
 from mmcore.checkpoint import CheckpointError, write_json
-from mmcore.config import Config, ConfigError
+from mmcore.config import Config, ConfigError, ModelConfig
 from mmcore.data.check import STOP_EXIT_CODE, Report, check_data
 from mmcore.data.collate import BadSampleError
 from mmcore.data.problems import DataError
@@ -43,7 +43,8 @@ class UnfinishedRun(ValueError):
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="YAML config (see configs/); default: built-in defaults")
+    p.add_argument("--config", type=Path,
+                   help="YAML config (see configs/); default: built-in defaults")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one field, e.g. --set epochs=5 (repeatable)")
 
@@ -58,20 +59,28 @@ def parser() -> argparse.ArgumentParser:
                                      "run), then sweep the test split")
     _config_args(p)
     p.add_argument("--method", choices=list(experiment.METHODS), default=None,
-                   help="train a method of the comparison into OUT_DIR/METHOD instead of the config as is")
-    p.add_argument("--no-sweep", action="store_true", help="skip the missing-rate sweep on the test split")
+                   help="train a method of the comparison into OUT_DIR/METHOD instead of the "
+                        "config as is")
+    p.add_argument("--no-sweep", action="store_true",
+                   help="skip the missing-rate sweep on the test split")
 
-    p = sub.add_parser("evaluate", help="print a finished run's test metrics under its missing table")
+    p = sub.add_parser("evaluate",
+                       help="print a finished run's test metrics under its missing table")
     p.add_argument("--run", type=Path, required=True, help="run folder (holds config.yaml)")
 
-    p = sub.add_parser("sweep", help="score a finished run over missing rates x types x seeds (one pass)")
+    p = sub.add_parser("sweep", help="score a finished run over missing rates x types x seeds "
+                                     "(one pass)")
     p.add_argument("--run", type=Path, required=True, help="run folder (holds config.yaml)")
-    p.add_argument("--rates", type=float, nargs="+", default=None, help="missing rates (default 0.0 .. 1.0 by 0.1)")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="missing-table seeds (default 0 1 2)")
-    p.add_argument("--fills", nargs="+", default=None, choices=["predict", "zero", "dummy"],
+    p.add_argument("--rates", type=float, nargs="+", default=None,
+                   help="missing rates (default 0.0 .. 1.0 by 0.1)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="missing-table seeds (default 0 1 2)")
+    p.add_argument("--fills", nargs="+", default=None,
+                   choices=get_args(get_type_hints(ModelConfig)["fill"]),
                    help="fills to score (default: the run's own)")
 
-    p = sub.add_parser("check-data", help="validate a dataset before training: every bad file and row")
+    p = sub.add_parser("check-data",
+                       help="validate a dataset before training: every bad file and row")
     _config_args(p)
     p.add_argument("--report", type=Path, default=None,
                    help="also save every problem as JSON in this file")
@@ -154,8 +163,9 @@ def _record_data(report: Report, run_dir: Path) -> None:
         before = json.loads(saved.read_text())
         changed = [k for k in ("task_type", "classes") if before.get(k) != record[k]]
         if changed:
-            raise DataError(f"{saved}: the data changed since this run started ({', '.join(changed)}"
-                            f": was {before.get(changed[0])}); use another run.out_dir")
+            raise DataError(f"{saved}: the data changed since this run started "
+                            f"({', '.join(changed)}: was {before.get(changed[0])}); use "
+                            "another run.out_dir")
         return
     write_json(saved, record)
     report.save(run_dir / "check_data.json")

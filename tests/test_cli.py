@@ -83,7 +83,8 @@ def test_a_batch_larger_than_the_data_shows_the_report_and_exits_2(tmp_path, cap
     assert "batch_too_large" in out and "optim.batch_size=1000 is larger than the training" in out
     assert "task: multiclass (inferred: one label per row, 3 classes); 3 classes: animals, " \
            "buildings, electronics" in out
-    assert err.startswith("error: 1 problem(s) in the data stop training") and "\n" not in err.strip()
+    assert err.startswith("error: 1 problem(s) in the data stop training")
+    assert "\n" not in err.strip()
 
 
 @pytest.mark.parametrize("command", ["evaluate", "sweep"])

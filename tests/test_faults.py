@@ -112,7 +112,8 @@ IMAGE_FAULTS = [  # (file the row names, kind, action under the default policy)
 FAULTS = [Fault(f"image {name!r}: {kind}", kind, action, "image",
                 _row(name, "a picture", "animals", "train")) for name, kind, action in IMAGE_FAULTS]
 FAULTS += [
-    Fault("empty text", "empty_text", "missing", "text", _row(FIRST["image"], "", "animals", "train")),
+    Fault("empty text", "empty_text", "missing", "text",
+          _row(FIRST["image"], "", "animals", "train")),
     Fault("whitespace text", "whitespace_text", "missing", "text",
           _row(FIRST["image"], " \t  ", "animals", "train")),
     Fault("text of NUL bytes only", "whitespace_text", "missing", "text",

@@ -25,6 +25,7 @@ def test_every_kind_is_documented_in_the_module_table():
 def test_a_problem_points_where_an_editor_goes():
     p = Problem("field_count", "stop", "data/m.csv", 12, None, "5 fields but the header has 4")
     assert p.where() == "data/m.csv:12"
-    assert Problem("bad_row", "stop", "m.jsonl", 3, "label", "x").where() == "m.jsonl:3: column 'label'"
+    where = Problem("bad_row", "stop", "m.jsonl", 3, "label", "x").where()
+    assert where == "m.jsonl:3: column 'label'"
     assert Problem("batch_too_large", "stop", None, None, "optim.batch_size", "x").where() == \
         "-: column 'optim.batch_size'"

@@ -48,7 +48,7 @@ class Manifest:
     """A manifest read and checked: the rows kept, their classes and task, every problem."""
 
     path: Path
-    rows: list[dict[str, Any]]  # line, id, image (Path | None), text, labels, split
+    rows: list[dict[str, Any]]  # line, id, image, file (resolved image), text, labels, split
     classes: list[str] = field(default_factory=list)
     task_type: TaskType | None = None  # None when a problem stops before it is known
     task_reason: str = ""
@@ -139,24 +139,20 @@ def _check_row(path: Path, line: int, raw: dict[str, Any], classes: list[str] | 
         flag("bad_row", line, "split", f"{where}, column 'split': {split!r}; valid: "
                                        f"{', '.join(SPLIT_ALIASES)}")
         return None
-    image_path = None
+    image_path = resolved = None
     if image is not None:
         image_path = Path(image) if Path(image).is_absolute() else path.parent / image
-        if not allow_outside_root and not _inside(image_path, path.parent):
+        resolved = str(image_path.resolve())  # symlinks followed, ".." removed
+        if not allow_outside_root and not Path(resolved).is_relative_to(path.parent.resolve()):
             action = flag("outside_root", line, "image", f"{where}, column 'image': {image} "
                           f"resolves outside {path.parent.resolve()}; not opened (set "
                           "data.allow_outside_root=true to use images kept elsewhere)")
             if action != "missing":  # "skip" drops the row; "stop" refuses it
                 return None
-            image_path = None
+            image_path = resolved = None
     return {"line": line, "id": _cell(raw.get("id")) or f"line{line}", "image": image_path,
-            "text": text, "labels": labels,
+            "file": resolved, "text": text, "labels": labels,
             "split": None if split is None else SPLIT_ALIASES[split.strip().lower()]}
-
-
-def _inside(image: Path, root: Path) -> bool:
-    """Whether ``image`` resolves (symlinks followed, ``..`` removed) inside ``root``."""
-    return image.resolve().is_relative_to(root.resolve())
 
 
 def _drop_duplicates(path: Path, rows: list[dict[str, Any]], flag: Any) -> list[dict[str, Any]]:
@@ -170,7 +166,7 @@ def _drop_duplicates(path: Path, rows: list[dict[str, Any]], flag: Any) -> list[
                  f"{r['id']!r} already used on line {ids[r['id']]}")
             continue
         ids[r["id"]] = r["line"]
-        key = (_key(r["image"]), r["text"], tuple(sorted(r["labels"])), r["split"])
+        key = (r["file"], r["text"], tuple(sorted(r["labels"])), r["split"])
         if key in seen:
             flag("duplicate_row", r["line"], None, f"{path}: line {r['line']} repeats line "
                  f"{seen[key]} (same image, text, label and split); the copy is left out")
@@ -259,13 +255,13 @@ def _check_splits(path: Path, rows: list[dict[str, Any]], flag: Any) -> None:
     pairs: dict[tuple, dict[str, Any]] = {}
     images: dict[str, dict[str, Any]] = {}
     for r in rows:
-        first = pairs.setdefault((_key(r["image"]), r["text"]), r)
+        first = pairs.setdefault((r["file"], r["text"]), r)
         if first["split"] != r["split"]:
             flag("split_leak", r["line"], None, f"{path}: line {r['line']} ({r['split']}) has "
                  f"the image and text of line {first['line']} ({first['split']}): the "
                  f"{r['split']} split would score a sample the model trained on; keep one")
             continue
-        shared = images.setdefault(_key(r["image"]), r) if r["image"] is not None else r
+        shared = images.setdefault(r["file"], r) if r["file"] is not None else r
         if shared["split"] != r["split"]:
             flag("shared_image", r["line"], "image", f"{path}: line {r['line']}, column 'image':"
                  f" {r['image']} ({r['split']}) is also the image of line {shared['line']} "
@@ -279,10 +275,6 @@ def _check_splits(path: Path, rows: list[dict[str, Any]], flag: Any) -> None:
                 flag("unseen_label", r["line"], "label", f"{path}: line {r['line']}, column "
                      f"'label': {name!r} has no training row (only in {r['split']}); the model "
                      "could never predict it")
-
-
-def _key(image: Path | None) -> str | None:
-    return None if image is None else str(image.resolve())
 
 
 def _cell(value: Any) -> str | None:
