@@ -13,8 +13,8 @@ An image path that resolves (after symlinks) outside the manifest's folder is
 ``outside_root`` and never opened, unless ``data.allow_outside_root``.
 
 Task type under ``task="auto"``: rows with several labels make the task multilabel, but
-only when at least ``MULTILABEL_MIN_FRACTION`` of the rows have several (fewer is
-``ambiguous_task``: fix those rows or set ``data.task``); otherwise exactly two classes
+only when at least 1 row in 20 has several (``consistency.MULTILABEL_MIN_FRACTION``; fewer
+is ``ambiguous_task``: fix those rows or set ``data.task``); otherwise exactly two classes
 make it binary (scored by AUROC, the positive class being the second in sorted order,
 e.g. "1", "true", "yes"); otherwise multiclass. Class names are sorted (numerically
 when all are integers). ``Manifest.task_reason`` says which rule decided.
@@ -31,8 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from mmcore.data.base import MultimodalDataset, Sample, TaskType
+from mmcore.data.consistency import (check_label_spelling, check_splits, check_task,
+                                     drop_duplicates)
 from mmcore.data.problems import REAL_MISSING, DataError, Problem, actions
-from mmcore.data.rows import read_rows
+from mmcore.data.rows import Flag, read_rows
 from mmcore.data.sampling import stratified_order
 from mmcore.data.texts import has_invalid_utf8, repair_utf8
 
@@ -40,7 +42,6 @@ MANIFEST_TASKS = ("auto", "multiclass", "multilabel", "binary")
 SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val",
                  "dev": "val", "test": "test"}
 HOLDOUT_FRACTION = 0.1  # val and test each, when the manifest has no split column
-MULTILABEL_MIN_FRACTION = 0.05  # task=auto: rows with several labels needed for multilabel
 
 
 @dataclass
@@ -98,21 +99,21 @@ def read_manifest(
     classes = _read_classes(classes_file) if classes_file else None
     rows = [row for line, raw in read_rows(path, flag)
             if (row := _check_row(path, line, raw, classes, allow_outside_root, flag))]
-    rows = _drop_duplicates(path, rows, flag)
+    rows = drop_duplicates(path, rows, flag)
     if classes is None:
-        rows = _check_label_spelling(path, rows, flag)
+        rows = check_label_spelling(path, rows, flag)
     manifest.classes = classes or _sorted_classes({n for r in rows for n in r["labels"]})
     if not rows:
         return manifest
-    manifest.task_type, manifest.task_reason = _task_type(path, task, rows, manifest.classes)
-    _check_task(path, manifest.task_type, task, rows, manifest.classes, flag)
+    manifest.task_type, manifest.task_reason = _task_type(task, rows, manifest.classes)
+    check_task(path, manifest.task_type, task, rows, manifest.classes, flag)
     manifest.rows = _assign_splits(path, rows, manifest.task_type, flag)
-    _check_splits(path, manifest.rows, flag)
+    check_splits(path, manifest.rows, flag)
     return manifest
 
 
 def _check_row(path: Path, line: int, raw: dict[str, Any], classes: list[str] | None,
-               allow_outside_root: bool, flag: Any) -> dict[str, Any] | None:
+               allow_outside_root: bool, flag: Flag) -> dict[str, Any] | None:
     """One row's cells checked and normalised; None if its action drops the row."""
     where = f"{path}: line {line}"
     for column, value in raw.items():
@@ -155,49 +156,7 @@ def _check_row(path: Path, line: int, raw: dict[str, Any], classes: list[str] | 
             "split": None if split is None else SPLIT_ALIASES[split.strip().lower()]}
 
 
-def _drop_duplicates(path: Path, rows: list[dict[str, Any]], flag: Any) -> list[dict[str, Any]]:
-    """Ids used twice stop; a row repeating an earlier one follows ``duplicate_row``."""
-    ids: dict[str, int] = {}
-    seen: dict[tuple, int] = {}
-    kept = []
-    for r in rows:
-        if r["id"] in ids:
-            flag("duplicate_id", r["line"], "id", f"{path}: line {r['line']}, column 'id': "
-                 f"{r['id']!r} already used on line {ids[r['id']]}")
-            continue
-        ids[r["id"]] = r["line"]
-        key = (r["file"], r["text"], tuple(sorted(r["labels"])), r["split"])
-        if key in seen:
-            flag("duplicate_row", r["line"], None, f"{path}: line {r['line']} repeats line "
-                 f"{seen[key]} (same image, text, label and split); the copy is left out")
-            continue
-        seen[key] = r["line"]
-        kept.append(r)
-    return kept
-
-
-def _check_label_spelling(path: Path, rows: list[dict[str, Any]], flag: Any
-                          ) -> list[dict[str, Any]]:
-    """Labels equal but for case or spacing stop: each row of a rarer spelling is reported."""
-    counts = Counter(n for r in rows for n in r["labels"])
-    spellings: dict[str, list[str]] = {}
-    for name in counts:
-        spellings.setdefault(" ".join(name.casefold().split()), []).append(name)
-    usual = {n: max(group, key=lambda g: (counts[g], g)) for group in spellings.values()
-             for n in group}
-    kept = []
-    for r in rows:
-        odd = next((n for n in r["labels"] if usual[n] != n), None)
-        if odd is None:
-            kept.append(r)
-            continue
-        flag("label_case", r["line"], "label", f"{path}: line {r['line']}, column 'label': "
-             f"{odd!r} differs only in case or spacing from {usual[odd]!r} ({counts[usual[odd]]} "
-             f"rows); write one spelling (or give data.classes_file)")
-    return kept
-
-
-def _task_type(path: Path, task: str, rows: list[dict[str, Any]], classes: list[str]
+def _task_type(task: str, rows: list[dict[str, Any]], classes: list[str]
                ) -> tuple[TaskType, str]:
     """The task and the rule that chose it."""
     several = sum(len(r["labels"]) > 1 for r in rows)
@@ -210,29 +169,7 @@ def _task_type(path: Path, task: str, rows: list[dict[str, Any]], classes: list[
     return "multiclass", f"inferred: one label per row, {len(classes)} classes"
 
 
-def _check_task(path: Path, task_type: TaskType, task: str, rows: list[dict[str, Any]],
-                classes: list[str], flag: Any) -> None:
-    """Rows that contradict the task, and label sets too small for it."""
-    several = [r for r in rows if len(r["labels"]) > 1]
-    if task == "auto" and several and len(several) < MULTILABEL_MIN_FRACTION * len(rows):
-        for r in several:
-            flag("ambiguous_task", r["line"], "label", f"{path}: line {r['line']}, column "
-                 f"'label': {'|'.join(r['labels'])!r} is one of only {len(several)} of "
-                 f"{len(rows)} rows with several labels, which would make the whole task "
-                 "multilabel; fix the row or set data.task=multilabel")
-    if task_type != "multilabel":
-        for r in several:
-            flag("bad_row", r["line"], "label", f"{path}: line {r['line']}, column 'label': "
-                 f"several labels ({'|'.join(r['labels'])}) but data.task={task_type}")
-    if task_type == "binary" and len(classes) != 2:
-        flag("load_error", None, "label", f"{path}: data.task=binary needs exactly 2 classes, "
-             f"found {len(classes)}: {', '.join(classes[:10])}")
-    elif task_type != "multilabel" and len(classes) < 2:
-        flag("load_error", None, "label", f"{path}: only one class ({classes[0]}); a "
-                                          "classifier needs two or more")
-
-
-def _assign_splits(path: Path, rows: list[dict[str, Any]], task_type: TaskType, flag: Any
+def _assign_splits(path: Path, rows: list[dict[str, Any]], task_type: TaskType, flag: Flag
                    ) -> list[dict[str, Any]]:
     """Given splits kept (a row without one, beside rows with one, is a bad row); none
     given: a stratified 80/10/10 split."""
@@ -248,33 +185,6 @@ def _assign_splits(path: Path, rows: list[dict[str, Any]], task_type: TaskType, 
     for pos, i in enumerate(order):
         rows[i]["split"] = "val" if pos < n_holdout else "test" if pos < 2 * n_holdout else "train"
     return rows
-
-
-def _check_splits(path: Path, rows: list[dict[str, Any]], flag: Any) -> None:
-    """A row in two splits leaks; an image in two splits is reported; every label must train."""
-    pairs: dict[tuple, dict[str, Any]] = {}
-    images: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        first = pairs.setdefault((r["file"], r["text"]), r)
-        if first["split"] != r["split"]:
-            flag("split_leak", r["line"], None, f"{path}: line {r['line']} ({r['split']}) has "
-                 f"the image and text of line {first['line']} ({first['split']}): the "
-                 f"{r['split']} split would score a sample the model trained on; keep one")
-            continue
-        shared = images.setdefault(r["file"], r) if r["file"] is not None else r
-        if shared["split"] != r["split"]:
-            flag("shared_image", r["line"], "image", f"{path}: line {r['line']}, column 'image':"
-                 f" {r['image']} ({r['split']}) is also the image of line {shared['line']} "
-                 f"({shared['split']}); used as it is")
-    trained = {n for r in rows if r["split"] == "train" for n in r["labels"]}
-    reported = set()
-    for r in rows:
-        for name in r["labels"]:
-            if name not in trained and name not in reported:
-                reported.add(name)
-                flag("unseen_label", r["line"], "label", f"{path}: line {r['line']}, column "
-                     f"'label': {name!r} has no training row (only in {r['split']}); the model "
-                     "could never predict it")
 
 
 def _cell(value: Any) -> str | None:

@@ -18,7 +18,8 @@ from typing import Any, Callable, Iterator, Sequence
 REQUIRED_COLUMNS = ("image", "text", "label")
 KNOWN_COLUMNS = (*REQUIRED_COLUMNS, "split", "id")  # other columns are ignored
 FIELD_LIMIT = 1 << 30  # characters of one CSV field; the csv default (131072) is a text's size
-Flag = Callable[[str, "int | None", "str | None", str], None]
+# (kind, line, column, message) -> the action taken; reports one problem
+Flag = Callable[[str, "int | None", "str | None", str], str]
 Row = tuple[int, dict[str, Any]]  # (first line of the row, column -> value)
 
 
@@ -164,4 +165,4 @@ def _did_you_mean(column: str, names: Sequence[Any]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-__all__ = ["REQUIRED_COLUMNS", "Row", "read_rows"]
+__all__ = ["Flag", "REQUIRED_COLUMNS", "Row", "read_rows"]
