@@ -7,10 +7,10 @@ never decoded: such rows get a zero image and a pad-only text row, and
 
 A bad sample follows the per-kind table of ``mmcore.data.problems``, the same one
 ``check-data`` reports with: mode conversions and over-long or undecodable texts, or
-texts with control characters, are fixed; an image that cannot be read (missing, empty, truncated, corrupt, a decompression
-bomb) or a whitespace-only text follows ``bad_sample_policy``: "missing" treats that
-modality as missing (with a warning naming the file or sample), "stop" raises, "skip"
-drops the row. An empty text is real missingness. A batch whose rows are all skipped
+texts with control characters, are fixed; an image that cannot be read (missing, empty,
+truncated, corrupt, a decompression bomb) or a whitespace-only text follows
+``bad_sample_policy``: "missing" treats that modality as missing (with a warning naming
+the file or sample), "stop" raises, "skip" drops the row. An empty text is real missingness. A batch whose rows are all skipped
 comes back with zero rows; loops should skip it.
 """
 from __future__ import annotations
