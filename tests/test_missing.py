@@ -126,7 +126,7 @@ def test_a_row_never_loses_its_only_modality():
     assert (image <= has_image).all() and (text <= has_text).all()  # nothing made up
     complete = has_image & has_text
     # on rows that have both, the table applies exactly
-    assert torch.equal(image[complete], ~torch.from_numpy(table.image_mask)[complete])
-    assert torch.equal(text[complete], ~torch.from_numpy(table.text_mask)[complete])
-    spared = (~has_text & torch.from_numpy(table.image_mask)).sum()
+    assert torch.equal(image[complete], ~torch.tensor(table.image_mask)[complete])
+    assert torch.equal(text[complete], ~torch.tensor(table.text_mask)[complete])
+    spared = (~has_text & torch.tensor(table.image_mask)).sum()
     assert spared > 0 and image[~has_text].all()  # text-less rows the table picked keep images

@@ -91,7 +91,7 @@ class Report:
                 lines.append(f"{p.kind:<20} {p.action:<8} {p.where()}: {p.detail}")
         hidden = sum(max(n - per_kind, 0) for n in shown.values())
         if hidden:
-            lines.append(f"... and {hidden} more (all in the JSON report)")
+            lines.append(f"... and {hidden} more (check-data --report FILE saves them all)")
         bad = sum(p.kind not in REAL_MISSING for p in self.problems)
         verdict = (f"STOP: {len(self.stops)} problem(s) must be fixed before training"
                    if self.stops else f"OK: {bad} problem(s), each with a fix or a fallback"
