@@ -23,14 +23,23 @@ from mmcore.data import Collator, MultimodalDataset, load_dataset
 from mmcore.encoders import image_transform, load_tokenizer
 from mmcore.missing import MISSING_TYPES, MissingTable, load_or_build
 from mmcore.model import FusionModel, build_model
+from mmcore.probe import initialise_from_probes
+from mmcore.prompt_cache import (CachedCollator, CachedSplit, SplitCache,
+                                 load_or_build_split_cache, uses_token_cache)
 from mmcore.sweep import DEFAULT_RATES, DEFAULT_SEEDS, EmbeddingCache, collect, score, sweep
-from mmcore.train import FitResult, build_loader, load_or_train, resolve_device
+from mmcore.train import (LAST, FitResult, build_loader, distributed_env, load_or_train,
+                          resolve_device)
 
 # Each method the paper compares, as the Config fields it changes from "ours". The fills
 # that replace the predictor get alpha = 0: no alignment loss shapes their encoders.
+# "frozen" is the yardstick: frozen encoders, logistic-regression heads and ridge
+# predictors fitted in closed form on the cached embeddings, late fusion, no SGD at all.
 METHODS: dict[str, dict[str, object]] = {
     "ours": {},
     "cls": {"predict_from": "cls"},
+    "frozen": {"peft": "frozen", "predict_from": "cls", "predictor_layers": 1, "epochs": 0,
+               "alpha": 0.0, "probe_init": True},
+    "mean": {"fill": "mean", "alpha": 0.0},
     "dummy": {"fill": "dummy", "alpha": 0.0},
     "zero": {"fill": "zero", "alpha": 0.0},
     "image_only": {"modalities": "image"},
@@ -55,6 +64,7 @@ class Experiment:
     datasets: dict[str, MultimodalDataset]
     result: FitResult
     sweep_rows: list[dict] = field(default_factory=list)
+    token_caches: dict[str, SplitCache] = field(default_factory=dict)  # frozen encoders only
 
     @property
     def run_dir(self) -> Path:
@@ -66,7 +76,8 @@ class Experiment:
 
     def loader(self, split: str, table: MissingTable | None = None) -> DataLoader:
         """An evaluation loader over ``split`` (in order), optionally under a missing table."""
-        return _loader(self.cfg, self.datasets[split], train=False, table=table)
+        return _loader(self.cfg, self.datasets[split], train=False, table=table,
+                       model=self.model, token_caches=self.token_caches)
 
     def encode(self, split: str = "test") -> EmbeddingCache:
         """Every sample of ``split`` encoded once with the modalities it really has."""
@@ -90,12 +101,27 @@ def load_datasets(cfg: Config) -> dict[str, MultimodalDataset]:
     return datasets
 
 
-def _loader(cfg: Config, dataset: MultimodalDataset, train: bool,
-            table: MissingTable | None) -> DataLoader:
+def _loader(cfg: Config, dataset: MultimodalDataset, train: bool, table: MissingTable | None,
+            model: FusionModel | None = None,
+            token_caches: dict[str, SplitCache] | None = None) -> DataLoader:
+    """A loader of decoded samples, or, for frozen encoders, of the split's cached tokens.
+
+    The token cache is built (or read from disk) on the split's first loader and kept in
+    ``token_caches``; it holds un-augmented images, so frozen runs train without
+    augmentation.
+    """
+    batch_size = cfg.optim.batch_size if train else cfg.run.eval_batch_size
+    if model is not None and token_caches is not None and uses_token_cache(cfg):
+        if dataset.split not in token_caches:
+            token_caches[dataset.split] = load_or_build_split_cache(
+                model, cfg, dataset, _loader(cfg, dataset, False, None),
+                resolve_device(cfg.run.device))
+        cache = token_caches[dataset.split]
+        return build_loader(CachedSplit(cache, dataset), batch_size,
+                            CachedCollator(cache, table), train=train, seed=cfg.run.seed)
     collate = Collator(load_tokenizer(cfg.model), image_transform(cfg.model, train=train),
                        cfg.data.max_text_length, dataset.num_classes, dataset.task_type,
                        missing_table=table, bad_sample_policy=cfg.data.bad_sample_policy)
-    batch_size = cfg.optim.batch_size if train else cfg.run.eval_batch_size
     return build_loader(dataset, batch_size, collate, train=train, seed=cfg.run.seed,
                         num_workers=cfg.data.num_workers)
 
@@ -110,17 +136,31 @@ def train(cfg: Config, datasets: dict[str, MultimodalDataset] | None = None) -> 
     datasets = datasets or load_datasets(cfg)
     run_dir = Path(cfg.run.out_dir)
     name = cfg.data.dataset
+    caches: dict[str, SplitCache] = {}
 
     def build(cfg: Config) -> tuple[FusionModel, DataLoader, DataLoader]:
         train_ds, val_ds = datasets["train"], datasets["val"]
         model = build_model(cfg, train_ds.num_classes, train_ds.task_type)
         tables = {split: load_or_build(run_dir / "missing", cfg.missing, name, split, len(ds))
                   for split, ds in (("train", train_ds), ("val", val_ds))}
-        return (model, _loader(cfg, train_ds, True, tables["train"]),
-                _loader(cfg, val_ds, False, tables["val"]))
+        loaders = (_loader(cfg, train_ds, True, tables["train"], model, caches),
+                   _loader(cfg, val_ds, False, tables["val"], model, caches))
+        fresh = not (run_dir / LAST).exists()
+        if (fresh and cfg.optim.probe_init) or cfg.model.fill == "mean":
+            device = resolve_device(cfg.run.device)
+            train_emb, val_emb = (collect(model.to(device), _loader(cfg, ds, False, None, model,
+                                                                    caches),
+                                          device, cfg.run.precision, cfg.run.progress)
+                                  for ds in (train_ds, val_ds))
+            fits = initialise_from_probes(model, train_emb.emb, train_emb.labels, val_emb.emb,
+                                          val_emb.labels, fit=fresh and cfg.optim.probe_init)
+            if fits and distributed_env().is_main:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                write_json(run_dir / "probe_init.json", fits)
+        return (model, *loaders)
 
     model, result = load_or_train(cfg, build, run_dir)
-    return Experiment(cfg, model, datasets, result)
+    return Experiment(cfg, model, datasets, result, token_caches=caches)
 
 
 def run(cfg: Config, rates: Sequence[float] = DEFAULT_RATES,
@@ -139,6 +179,12 @@ def run(cfg: Config, rates: Sequence[float] = DEFAULT_RATES,
         if previous.get("grid") == grid:
             exp.sweep_rows = previous["rows"]
             return exp
+    if "mean" in grid["fills"] and cfg.model.peft != "frozen":
+        train_emb = exp.encode("train")  # the fine-tuned encoders' own training means
+        has = {"image": train_emb.emb.has_image, "text": train_emb.emb.has_text}
+        exp.model.set_fill_means(*(None if e is None else e[has[m]].mean(0)
+                                   for m, e in (("image", train_emb.emb.image_emb),
+                                                ("text", train_emb.emb.text_emb))))
     cache = exp.encode("test")
     configured = load_or_build(exp.run_dir / "missing", cfg.missing, cfg.data.dataset, "test",
                                len(cache))

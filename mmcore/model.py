@@ -39,7 +39,7 @@ from mmcore.prompts import ReadOnlyPrompts
 if TYPE_CHECKING:
     from mmcore.encoders import EncoderOutput
 
-Fill = Literal["predict", "zero", "dummy"]
+Fill = Literal["predict", "zero", "dummy", "mean"]
 Modalities = Literal["both", "image", "text"]
 
 
@@ -154,8 +154,8 @@ class FusionModel(nn.Module):
             raise ValueError("FusionModel needs at least one encoder")
         if predict_from not in ("prompts", "cls"):
             raise ValueError(f"model.predict_from={predict_from!r}; valid: prompts, cls")
-        if fill not in ("predict", "zero", "dummy"):
-            raise ValueError(f"model.fill={fill!r}; valid: predict, zero, dummy")
+        if fill not in ("predict", "zero", "dummy", "mean"):
+            raise ValueError(f"model.fill={fill!r}; valid: predict, zero, dummy, mean")
         if task_type == "binary" and num_classes != 2:
             raise ValueError(f"binary tasks use 2 logits (softmax), got num_classes={num_classes}")
         self.image_encoder = image_encoder
@@ -179,6 +179,10 @@ class FusionModel(nn.Module):
                 di, dt, predictor_hidden, predictor_layers)
             self.predictors["text_to_image"] = FeaturePredictor(
                 dt, di, predictor_hidden, predictor_layers)
+        for name, encoder in (("image", image_encoder), ("text", text_encoder)):
+            if encoder is not None:  # the training split's mean embedding (fill "mean")
+                self.register_buffer(f"mean_{name}", torch.zeros(encoder.embed_dim),
+                                     persistent=False)
         if dummy_text is not None:
             self.register_buffer("dummy_input_ids", dummy_text[0].long(), persistent=False)
             self.register_buffer("dummy_attention_mask", dummy_text[1].long(), persistent=False)
@@ -188,6 +192,22 @@ class FusionModel(nn.Module):
     @property
     def is_bimodal(self) -> bool:
         return self.image_encoder is not None and self.text_encoder is not None
+
+    def train(self, mode: bool = True) -> "FusionModel":
+        """Train mode everywhere except in encoders without trainable weights besides the
+        prompts: a frozen encoder stays deterministic (no dropout), as its cache assumes."""
+        super().train(mode)
+        for encoder in (self.image_encoder, self.text_encoder):
+            if encoder is not None and not _has_trainable_weights(encoder):
+                encoder.eval()
+        return self
+
+    def set_fill_means(self, image_mean: Tensor | None, text_mean: Tensor | None) -> None:
+        """Set the embeddings that fill "mean" stands in (the training split's means)."""
+        with torch.no_grad():
+            for name, value in (("image", image_mean), ("text", text_mean)):
+                if value is not None and hasattr(self, f"mean_{name}"):
+                    getattr(self, f"mean_{name}").copy_(value)
 
     # --- encoding -------------------------------------------------------------------------
 
@@ -203,13 +223,24 @@ class FusionModel(nn.Module):
         image_emb = pred_text = text_emb = pred_image = None
         if self.image_encoder is not None:
             rows = batch.has_image.nonzero().squeeze(1)  # (N,)
-            out = self.image_encoder(batch.pixel_values[rows]) if rows.numel() else None
+            out = None
+            if rows.numel() and batch.image_tokens is not None:  # frozen: prompts only
+                tokens = batch.image_tokens
+                out = self.image_encoder.forward_cached(
+                    tokens if rows.numel() == len(batch) else tokens.select(rows))
+            elif rows.numel():
+                out = self.image_encoder(batch.pixel_values[rows])
             image_emb, pred_text = self._place(out, rows, len(batch), "image", "text")
         if self.text_encoder is not None:
             rows = batch.has_text.nonzero().squeeze(1)  # (N,)
-            out = (self.text_encoder(*_trim_padding(batch.input_ids[rows],
-                                                    batch.attention_mask[rows]))
-                   if rows.numel() else None)
+            out = None
+            if rows.numel() and batch.text_tokens is not None:
+                tokens = batch.text_tokens
+                out = self.text_encoder.forward_cached(
+                    tokens if rows.numel() == len(batch) else tokens.select(rows))
+            elif rows.numel():
+                out = self.text_encoder(*_trim_padding(batch.input_ids[rows],
+                                                       batch.attention_mask[rows]))
             text_emb, pred_image = self._place(out, rows, len(batch), "text", "image")
         return Embeddings(image_emb, text_emb, pred_image, pred_text,
                           batch.has_image, batch.has_text)
@@ -262,6 +293,8 @@ class FusionModel(nn.Module):
                 stand_in = torch.where(source[:, None], pred, torch.zeros_like(pred))
             elif fill == "dummy":
                 stand_in = self.dummy_embedding(name).expand_as(true)  # (B, D)
+            elif fill == "mean":
+                stand_in = getattr(self, f"mean_{name}").expand_as(true)  # (B, D)
             else:
                 stand_in = torch.zeros_like(true)  # "zero"; also "predict" in a unimodal model
             inputs[name] = torch.where(present[:, None], true, stand_in.to(true.dtype))
@@ -320,6 +353,11 @@ class FusionModel(nn.Module):
         loss = task + self.loss_cfg.alpha * align
         logged = {"task": task, "align": align, "inv": inv, "var": var, "cov": cov}
         return ModelOutput(logits, loss, {k: float(v.detach()) for k, v in logged.items()})
+
+
+def _has_trainable_weights(encoder: nn.Module) -> bool:
+    prompts = {id(p) for p in _prompt_parameters(encoder)}
+    return any(p.requires_grad and id(p) not in prompts for p in encoder.parameters())
 
 
 def _scatter_rows(values: Tensor, rows: Tensor, batch_size: int) -> Tensor:

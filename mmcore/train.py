@@ -85,7 +85,7 @@ class FitResult:
     run_dir: Path
     metric: str  # headline validation metric, e.g. "accuracy"
     best_value: float  # its best value (NaN without validation)
-    best_epoch: int  # 1-based epoch of the best checkpoint
+    best_epoch: int  # epoch of the best checkpoint (0: the model before training)
     history: list[dict[str, float]]  # one row per epoch, as in metrics.jsonl
 
 
@@ -498,9 +498,16 @@ class _Trainer:
 LAST, BEST = "checkpoints/last.safetensors", "checkpoints/best.safetensors"
 
 
-def _better(value: float, best: float, best_epoch: int) -> bool:
-    """Higher is better; a NaN score never displaces a number."""
-    return best_epoch == 0 or value > best or (math.isnan(best) and not math.isnan(value))
+def _better(value: float, best: float) -> bool:
+    """Higher is better; the first score always counts; a NaN never displaces a number."""
+    return math.isnan(best) or value > best
+
+
+def _write_history(run_dir: Path, state: _Progress, info: DistInfo) -> None:
+    """``metrics.jsonl``: one row per epoch, epoch 0 being the model before training."""
+    if info.is_main:
+        atomic_write(run_dir / "metrics.jsonl",
+                     "".join(json.dumps(r) + "\n" for r in state.history).encode())
 
 
 def fit(
@@ -588,29 +595,38 @@ def fit(
         # predict_from="cls"); DDP must look for them in every step
         net = DistributedDataParallel(model, device_ids=[device.index] if device.index is not None
                                       else None, find_unused_parameters=True)
+    def validate(row: dict[str, float]) -> None:
+        """Score the model on validation into ``row``; keep it as ``best`` if it is."""
+        if val_loader is None:
+            return
+        show = cfg.run.progress and info.is_main
+        scores = (evaluate_fn(model, val_loader) if evaluate_fn is not None
+                  else evaluate(model, val_loader, task_type, cfg.run.precision, show)[0])
+        state.metric = state.metric or next(iter(scores))
+        row.update({f"val_{k}": v for k, v in scores.items()})
+        if _better(scores[state.metric], state.best_value):
+            state.best_value, state.best_epoch = scores[state.metric], row["epoch"]
+            if info.is_main:
+                save_checkpoint(run_dir / BEST, model, {
+                    "kind": "best", "config": cfg.to_dict(), "epoch": row["epoch"],
+                    "metrics": scores})
+
     with _StopSignals(info, device) as stop:
         trainer = _Trainer(model, net, optimizer, scheduler, cfg, info, device, run_dir, stop)
+        if not state.history:  # epoch 0: the model as built (closed-form fits, if any)
+            start = {"epoch": 0, "step": 0}
+            validate(start)
+            state.history.append(start)
+            _write_history(run_dir, state, info)
+            trainer.save_last(state)
         while state.epoch < o.epochs:
             trainer.train_epoch(train_loader, state)
             row = trainer.epoch_row(state)
-            if val_loader is not None:
-                show = cfg.run.progress and info.is_main
-                scores = (evaluate_fn(model, val_loader) if evaluate_fn is not None
-                          else evaluate(model, val_loader, task_type, cfg.run.precision, show)[0])
-                state.metric = state.metric or next(iter(scores))
-                row.update({f"val_{k}": v for k, v in scores.items()})
-                if _better(scores[state.metric], state.best_value, state.best_epoch):
-                    state.best_value, state.best_epoch = scores[state.metric], state.epoch + 1
-                    if info.is_main:
-                        save_checkpoint(run_dir / BEST, model, {
-                            "kind": "best", "config": cfg.to_dict(), "epoch": state.epoch + 1,
-                            "metrics": scores})
+            validate(row)
             state.history.append(row)
             state.epoch, state.batches, state.sums = state.epoch + 1, 0, {}
-            if info.is_main:  # before `last`: a run killed in between redoes the epoch
-                atomic_write(run_dir / "metrics.jsonl",
-                             "".join(json.dumps(r) + "\n" for r in state.history).encode())
-            trainer.save_last(state)
+            _write_history(run_dir, state, info)  # before `last`: a kill in between redoes
+            trainer.save_last(state)  # the epoch
             if state.epoch < o.epochs and (signum := stop.requested()):
                 raise TrainingInterrupted(signum, run_dir / LAST, state.step)  # saved above
     return _finish(model, run_dir, state, cfg, info)
@@ -623,12 +639,12 @@ def _finish(model: nn.Module, run_dir: Path, state: _Progress, cfg: Config, info
         dist.barrier()  # rank 0 has written the checkpoints
     if (run_dir / BEST).exists():
         load_checkpoint(run_dir / BEST, model)
-    best_epoch = state.best_epoch or state.epoch
+    best_epoch = state.best_epoch if (run_dir / BEST).exists() else state.epoch
     result = FitResult(run_dir, state.metric, state.best_value, best_epoch, state.history)
     if info.is_main:
         write_json(run_dir / "final.json", {
             "metric": state.metric, "best_value": state.best_value, "best_epoch": best_epoch,
-            "best": state.history[best_epoch - 1], "epochs": state.epoch, "steps": state.step,
+            "best": state.history[best_epoch], "epochs": state.epoch, "steps": state.step,
             "seed": cfg.run.seed})
     return result
 

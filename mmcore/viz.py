@@ -129,15 +129,17 @@ def plot_training_curves(history: Sequence[dict[str, float]], metric: str) -> pl
     epochs = [row["epoch"] for row in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(7.0, 2.8))
     for key in ("train_loss", "train_task", "train_align"):
-        if key in history[0]:
-            left.plot(epochs, [row[key] for row in history], marker="o", label=key[6:])
+        rows = [row for row in history if key in row]  # epoch 0 (before training) has none
+        if rows:
+            left.plot([r["epoch"] for r in rows], [r[key] for r in rows], marker="o",
+                      label=key[6:])
     left.set_yscale("log")  # the alignment loss starts orders of magnitude above the task loss
     left.set_xlabel("epoch")
     left.set_ylabel("training loss (epoch mean)")
     left.legend()
     key = f"val_{metric}"
-    if key in history[0]:
-        right.plot(epochs, [row[key] for row in history], marker="o", color="C2")
+    if any(key in row for row in history):
+        right.plot(epochs, [row.get(key, float("nan")) for row in history], marker="o", color="C2")
     right.set_xlabel("epoch")
     right.set_ylabel(f"validation {metric}")
     for ax in (left, right):

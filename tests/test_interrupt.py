@@ -148,7 +148,7 @@ def test_signal_handlers_are_installed_only_in_the_main_thread(tmp_path):
         _run(_cfg(epochs=1), tmp_path)[1]))  # signal.signal would raise ValueError here
     thread.start()
     thread.join()
-    assert len(outcome) == 1 and outcome[0].history[0]["step"] == 8  # 16 micro-batches
+    assert len(outcome) == 1 and outcome[0].history[1]["step"] == 8  # 16 micro-batches
     assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers
 
 

@@ -134,11 +134,12 @@ def test_fit_writes_the_run_folder_and_keeps_the_best_weights(tmp_path):
     env = json.loads((tmp_path / "env.json").read_text())
     assert env["seed"] == 3 and env["torch"] == torch.__version__ and env["threads"] >= 1
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2, 3] and rows == result.history
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3] and rows == result.history
+    assert rows[0]["step"] == 0 and "train_loss" not in rows[0]  # the model as built
     assert rows[-1]["step"] == 3 * 8  # 64 samples / batch 8, every epoch
     scores = [r["val_accuracy"] for r in rows]
     assert result.metric == "accuracy" and result.best_value == max(scores)
-    assert result.best_epoch == scores.index(max(scores)) + 1
+    assert result.best_epoch == scores.index(max(scores))
     final = json.loads((tmp_path / "final.json").read_text())
     assert final["best_epoch"] == result.best_epoch and final["steps"] == 24
     # the model holds the best checkpoint's weights, and they score as recorded
@@ -152,7 +153,7 @@ def test_fit_writes_the_run_folder_and_keeps_the_best_weights(tmp_path):
 
 def test_fit_learns_the_toy_task(tmp_path):
     result = _run(_cfg(epochs=6, warmup_ratio=0.0, lr=3e-2), tmp_path)[1]
-    losses = [r["train_loss"] for r in result.history]
+    losses = [r["train_loss"] for r in result.history[1:]]
     assert losses[-1] < 0.8 * losses[0]
 
 
@@ -167,7 +168,7 @@ def test_grad_accum_matches_one_large_batch(tmp_path):
 def test_bf16_autocast_changes_the_numerics_and_stays_finite(tmp_path):
     fp32 = _run(_cfg(epochs=1), tmp_path / "fp32")[0]
     bf16, result = _run(_cfg(epochs=1, precision="bf16"), tmp_path / "bf16")
-    assert math.isfinite(result.history[0]["train_loss"])
+    assert math.isfinite(result.history[1]["train_loss"])
     diff = max((a - b).abs().max().item() for a, b in zip(fp32.parameters(), bf16.parameters()))
     assert diff > 1e-5  # autocast was on: bf16 matmuls round differently from fp32
 

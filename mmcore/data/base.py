@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import Tensor
@@ -72,9 +72,14 @@ class Batch:
     has_image: Tensor  # (B,) bool
     has_text: Tensor  # (B,) bool
     labels: Tensor  # (B,) long for multiclass/binary; (B, C) float for multilabel
+    # frozen encoders: each modality's cached original tokens (mmcore.prompt_cache) stand in
+    # for pixel_values / input_ids, which are then empty
+    image_tokens: Any = None  # mmcore.encoders.TokenCache | None
+    text_tokens: Any = None  # mmcore.encoders.TokenCache | None
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
-        return Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
+        return Batch(**{f.name: None if getattr(self, f.name) is None
+                        else getattr(self, f.name).to(device, non_blocking=non_blocking)
                         for f in fields(self)})
 
     def __len__(self) -> int:

@@ -1,0 +1,149 @@
+"""Closed-form starts on frozen embeddings: logistic-regression heads and ridge predictors.
+
+A linear probe on an encoder's frozen embedding is the yardstick any fine-tuned head
+must beat, and the best place for a head to start: gradient descent from a random head
+spends most of a short budget relearning it. ``initialise_from_probes`` fits, on the
+training split's embeddings, one logistic-regression head per modality (its L2 weight
+chosen on validation), a ridge regression for each linear predictor that reads an
+embedding (the CLS baseline with ``predictor_layers=1``: the frozen-feature pipeline),
+and the mean embeddings that ``fill="mean"`` stands in.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mmcore.data.base import TaskType
+from mmcore.losses import task_loss
+from mmcore.metrics import compute_metrics, metric_for
+from mmcore.model import Embeddings, FusionModel
+
+WEIGHT_DECAYS: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)  # L2 grid of the heads
+RIDGE_LAMBDAS: tuple[float, ...] = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)  # per sample
+
+
+@dataclass
+class LinearFit:
+    """A fitted affine map ``x @ weight.T + bias`` and the validation score that chose it."""
+
+    weight: Tensor  # (out, in)
+    bias: Tensor  # (out,)
+    penalty: float  # the chosen L2 weight
+    val_score: float  # headline metric (heads) or R^2 (ridge) on validation
+
+
+def fit_logistic(x: Tensor, y: Tensor, task_type: TaskType, x_val: Tensor, y_val: Tensor,
+                 num_classes: int, weight_decays: tuple[float, ...] = WEIGHT_DECAYS
+                 ) -> LinearFit:
+    """A linear head fitted by L-BFGS to convergence, one per L2 weight, best on validation.
+
+    Args:
+        x, y: (N, D) embeddings and their labels (``Batch.labels``'s form).
+        task_type: picks the loss (softmax / sigmoid) and the validation metric.
+        x_val, y_val: the validation rows.
+        num_classes: width of the head.
+        weight_decays: L2 weights tried (the loss is the mean task loss + wd/2 ||W||^2).
+    """
+    metric = metric_for(task_type).name
+    best: LinearFit | None = None
+    for wd in weight_decays:
+        weight = torch.zeros(num_classes, x.shape[1], requires_grad=True)
+        bias = torch.zeros(num_classes, requires_grad=True)
+        optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=300, history_size=20,
+                                      tolerance_grad=1e-6, line_search_fn="strong_wolfe")
+
+        def closure() -> Tensor:
+            optimizer.zero_grad()
+            loss = task_loss(x @ weight.T + bias, y, task_type) + 0.5 * wd * weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+        with torch.no_grad():
+            score = compute_metrics(x_val @ weight.T + bias, y_val, task_type)[metric]
+        if best is None or score > best.val_score:
+            best = LinearFit(weight.detach(), bias.detach(), wd, score)
+    return best
+
+
+def fit_ridge(x: Tensor, y: Tensor, x_val: Tensor, y_val: Tensor,
+              lambdas: tuple[float, ...] = RIDGE_LAMBDAS) -> LinearFit:
+    """Ridge regression from one embedding to another, lambda chosen by validation R^2."""
+    x_mean, y_mean = x.mean(0), y.mean(0)
+    xc, yc = (x - x_mean).double(), (y - y_mean).double()
+    gram, cross = xc.T @ xc, xc.T @ yc
+    best: LinearFit | None = None
+    for lam in lambdas:
+        eye = torch.eye(gram.shape[0], dtype=gram.dtype)
+        weight = torch.linalg.solve(gram + lam * len(x) * eye, cross).T.float()  # (out, in)
+        bias = y_mean - x_mean @ weight.T
+        score = r2_score(x_val @ weight.T + bias, y_val)
+        if best is None or score > best.val_score:
+            best = LinearFit(weight, bias, lam, score)
+    return best
+
+
+def r2_score(pred: Tensor, true: Tensor) -> float:
+    """Coefficient of determination over all dimensions: 1 - SSE / total sum of squares."""
+    residual = (true - pred).pow(2).sum()
+    total = (true - true.mean(0)).pow(2).sum()
+    return float(1.0 - residual / total)
+
+
+def _rows(emb: Embeddings, labels: Tensor, modality: str) -> tuple[Tensor, Tensor]:
+    """The embeddings of one modality and the labels of the rows that have it."""
+    present = emb.has_image if modality == "image" else emb.has_text
+    values = emb.image_emb if modality == "image" else emb.text_emb
+    return values[present].float(), labels[present]
+
+
+@torch.no_grad()
+def _copy(linear: torch.nn.Linear, fit: LinearFit) -> None:
+    linear.weight.copy_(fit.weight)
+    linear.bias.copy_(fit.bias)
+
+
+def initialise_from_probes(model: FusionModel, train: Embeddings, train_labels: Tensor,
+                           val: Embeddings, val_labels: Tensor, fit: bool = True
+                           ) -> dict[str, float]:
+    """Fit heads, linear embedding predictors and the mean fills on frozen embeddings.
+
+    Args:
+        model: the fusion model, its heads and predictors as built.
+        train, train_labels: the training split encoded with its real availability
+            (``mmcore.sweep.collect``).
+        val, val_labels: the validation split, the same way.
+        fit: False sets only the mean fills.
+
+    Returns:
+        The validation score of each fit (``head_image``, ``ridge_text_to_image``, ...).
+    """
+    report: dict[str, float] = {}
+    model.set_fill_means(*(_rows(train, train_labels, m)[0].mean(0) if m in model.heads
+                           else None for m in ("image", "text")))
+    if not fit:
+        return report
+    for modality in model.heads:
+        x, y = _rows(train, train_labels, modality)
+        x_val, y_val = _rows(val, val_labels, modality)
+        head = fit_logistic(x, y, model.task_type, x_val, y_val, model.num_classes)
+        _copy(model.heads[modality].fc, head)
+        report[f"head_{modality}"] = head.val_score
+    if model.predict_from == "cls":
+        for source, target in (("image", "text"), ("text", "image")):
+            predictor = model.predictors[f"{source}_to_{target}"] if model.is_bimodal else None
+            if predictor is None or len(predictor.mlp) != 1:
+                continue
+            pairs, val_pairs = (e.has_image & e.has_text for e in (train, val))
+            ridge = fit_ridge(getattr(train, f"{source}_emb")[pairs].float(),
+                              getattr(train, f"{target}_emb")[pairs].float(),
+                              getattr(val, f"{source}_emb")[val_pairs].float(),
+                              getattr(val, f"{target}_emb")[val_pairs].float())
+            _copy(predictor.mlp[0], ridge)
+            report[f"ridge_{source}_to_{target}"] = ridge.val_score
+    return report
+
+
+__all__ = ["LinearFit", "fit_logistic", "fit_ridge", "initialise_from_probes", "r2_score"]

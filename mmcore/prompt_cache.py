@@ -1,0 +1,262 @@
+"""Exact caching for read-only prompts on frozen encoders: encode each sample once, train for free.
+
+No original token attends to a read-only prompt, so with frozen weights every layer's
+keys and values of the original tokens are the same whatever the prompts are. A
+``SplitCache`` holds them for every sample of a split (``TokenCache`` per modality,
+bf16 under bf16 precision), computed in one evaluation pass; a training step then runs
+only the K prompt tokens through the layers (``ImageEncoder.forward_cached``), which is
+exact and costs about K / (L + K) of the full forward.
+
+Frozen means frozen: the encoders run in evaluation mode (no dropout) and the images
+get no augmentation, since an augmented view would need its own cache. The cache is
+saved under ``$MMCORE_CACHE/tokens/<key>``, where the key hashes everything the
+original tokens depend on (weights, image size, text length, dataset, split, the
+samples' ids and precision), so a stale cache is never read; a cache larger than
+``run.cache_memory_gb`` stays memory-mapped on disk instead of being loaded.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from mmcore.checkpoint import write_json
+from mmcore.config import Config
+from mmcore.data.base import Batch, MultimodalDataset
+from mmcore.encoders import TokenCache
+from mmcore.missing import MissingTable
+from mmcore.model import FusionModel, precision_context
+from mmcore.weights import cache_dir
+
+FORMAT = 1
+_PARTS = ("keys", "values", "padding", "embedding")
+
+
+def uses_token_cache(cfg: Config) -> bool:
+    """Whether runs of ``cfg`` train and evaluate from cached tokens (frozen encoders only)."""
+    return cfg.model.peft == "frozen" and cfg.run.token_cache
+
+
+@dataclass
+class SplitCache:
+    """A split's cached tokens per modality, its real availability and its labels."""
+
+    image: TokenCache | None  # (N, ...) rows without an image hold zeros
+    text: TokenCache | None
+    has_image: Tensor  # (N,) bool
+    has_text: Tensor  # (N,) bool
+    labels: Tensor  # (N,) long or (N, C) float
+    split: str
+
+    def __len__(self) -> int:
+        return self.has_image.shape[0]
+
+    def nbytes(self) -> int:
+        return sum(getattr(c, part).nbytes for c in (self.image, self.text) if c is not None
+                   for part in _PARTS)
+
+
+def cache_key(cfg: Config, dataset: MultimodalDataset) -> str:
+    """A digest of everything the original tokens' keys and values depend on."""
+    m, d = cfg.model, cfg.data
+    ids = hashlib.sha256("\n".join(s.id for s in dataset.samples).encode()).hexdigest()
+    facts = {"format": FORMAT, "preset": m.preset, "image_encoder": m.image_encoder,
+             "text_encoder": m.text_encoder, "image_size": m.image_size,
+             "modalities": m.modalities, "max_text_length": d.max_text_length,
+             "dataset": d.dataset, "data_root": str(Path(d.data_root).resolve()),
+             "task": d.task, "split": dataset.split, "ids": ids,
+             "bad_sample_policy": d.bad_sample_policy, "precision": cfg.run.precision}
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+@torch.no_grad()
+def build_split_cache(model: FusionModel, loader: DataLoader, device: torch.device,
+                      precision: str, progress: bool = True) -> SplitCache:
+    """Run each encoder once over a split (in order, real availability) and keep its tokens.
+
+    Args:
+        model: the fusion model with frozen encoders.
+        loader: an evaluation loader over the split without a missing table.
+        device: where the encoders run.
+        precision: "bf16" stores bf16 keys and values (as a bf16 forward computes them).
+        progress: show a progress bar.
+    """
+    model.eval()
+    n = len(loader.dataset)
+    chunks: dict[str, dict[str, Tensor]] = {}
+    has = {"image": torch.zeros(n, dtype=torch.bool), "text": torch.zeros(n, dtype=torch.bool)}
+    labels: Tensor | None = None
+    for batch in tqdm(loader, desc=f"cache {loader.dataset.split}", disable=not progress,
+                      leave=False):
+        if len(batch) == 0:
+            continue
+        batch = batch.to(device)
+        if labels is None:
+            labels = torch.zeros((n, *batch.labels.shape[1:]), dtype=batch.labels.dtype)
+        labels[batch.index.cpu()] = batch.labels.cpu()
+        for name, encoder, present in (("image", model.image_encoder, batch.has_image),
+                                       ("text", model.text_encoder, batch.has_text)):
+            rows = present.nonzero().squeeze(1)
+            if encoder is None or rows.numel() == 0:
+                continue
+            with precision_context(device, precision):
+                if name == "image":
+                    _, tokens = encoder.forward_recording(batch.pixel_values[rows])
+                else:
+                    _, tokens = encoder.forward_recording(batch.input_ids[rows],
+                                                          batch.attention_mask[rows])
+            _store(chunks.setdefault(name, {}), tokens, batch.index[rows].cpu(), n)
+            has[name][batch.index[rows].cpu()] = True
+    caches = {name: TokenCache(**parts) for name, parts in chunks.items()}
+    return SplitCache(caches.get("image"), caches.get("text"), has["image"], has["text"],
+                      labels if labels is not None else torch.zeros(n, dtype=torch.long),
+                      loader.dataset.split)
+
+
+def _store(parts: dict[str, Tensor], tokens: TokenCache, rows: Tensor, n: int) -> None:
+    """Write a batch's tokens at ``rows`` of split-sized tensors (allocated, or widened, here)."""
+    for part in _PARTS:
+        value = getattr(tokens, part).cpu()
+        if part not in parts:
+            parts[part] = value.new_zeros((n, *value.shape[1:]))
+        full = parts[part]
+        if part != "embedding":  # texts: a longer batch widens the token axis (dim -2 / -1)
+            axis = 1 if part == "padding" else 2
+            if value.shape[axis] > full.shape[axis]:
+                grow = list(full.shape)
+                grow[axis] = value.shape[axis] - full.shape[axis]
+                full = parts[part] = torch.cat([full, full.new_zeros(grow)], dim=axis)
+            index = [slice(None)] * full.dim()
+            index[0], index[axis] = rows, slice(0, value.shape[axis])
+            full[tuple(index)] = value
+        else:
+            full[rows] = value.float()
+
+
+# --- on disk -----------------------------------------------------------------------------------
+
+
+def save_split_cache(cache: SplitCache, folder: Path) -> None:
+    """Write the arrays, then ``meta.json`` last: a folder without it is incomplete."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    arrays = {"has_image": cache.has_image, "has_text": cache.has_text, "labels": cache.labels}
+    for name in ("image", "text"):
+        tokens = getattr(cache, name)
+        if tokens is not None:
+            arrays.update({f"{name}_{part}": getattr(tokens, part) for part in _PARTS})
+    dtypes = {}
+    for name, tensor in arrays.items():
+        dtypes[name] = str(tensor.dtype).removeprefix("torch.")
+        if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16: store the bits
+            tensor = tensor.view(torch.int16)
+        np.save(tmp / f"{name}.npy", tensor.numpy())
+    write_json(tmp / "meta.json", {"format": FORMAT, "split": cache.split, "dtypes": dtypes})
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+def load_split_cache(folder: Path, memory_budget_bytes: float) -> SplitCache | None:
+    """The cache in ``folder``, in memory if it fits the budget, else memory-mapped; None if absent."""
+    meta_path = folder / "meta.json"
+    if not meta_path.exists():
+        return None
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != FORMAT:
+        return None
+    size = sum(f.stat().st_size for f in folder.glob("*.npy"))
+    mode = None if size <= memory_budget_bytes else "c"  # copy-on-write map: never written
+
+    def read(name: str) -> Tensor:
+        tensor = torch.from_numpy(np.load(folder / f"{name}.npy", mmap_mode=mode))
+        dtype = meta["dtypes"][name]
+        return tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor
+
+    tokens = {name: TokenCache(*(read(f"{name}_{part}") for part in _PARTS))
+              for name in ("image", "text") if f"{name}_keys" in meta["dtypes"]}
+    return SplitCache(tokens.get("image"), tokens.get("text"), read("has_image"),
+                      read("has_text"), read("labels"), meta["split"])
+
+
+def load_or_build_split_cache(model: FusionModel, cfg: Config, dataset: MultimodalDataset,
+                              loader: DataLoader, device: torch.device) -> SplitCache:
+    """The split's cache from ``$MMCORE_CACHE/tokens`` if there is one, else built and saved.
+
+    Random-weight encoders (``model.pretrained=False``) are cached in memory only: their
+    weights depend on the seed, which the key does not hold.
+    """
+    budget = cfg.run.cache_memory_gb * 2**30
+    folder = cache_dir() / "tokens" / cache_key(cfg, dataset)
+    if cfg.model.pretrained and (cached := load_split_cache(folder, budget)) is not None:
+        return cached
+    cache = build_split_cache(model, loader, device, cfg.run.precision, cfg.run.progress)
+    if cfg.model.pretrained:
+        save_split_cache(cache, folder)
+        return load_split_cache(folder, budget)  # memory-mapped when over the budget
+    return cache
+
+
+# --- batches from the cache --------------------------------------------------------------------
+
+
+class CachedSplit(Dataset):
+    """A map-style dataset over a ``SplitCache``: items are sample positions."""
+
+    def __init__(self, cache: SplitCache, dataset: MultimodalDataset) -> None:
+        self.cache = cache
+        self.split = dataset.split
+        self.task_type = dataset.task_type
+        self.classes = dataset.classes
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
+class CachedCollator:
+    """Positions -> a ``Batch`` carrying cached tokens (and no pixels or token ids)."""
+
+    def __init__(self, cache: SplitCache, missing_table: MissingTable | None = None) -> None:
+        self.cache = cache
+        self.missing_table = missing_table
+
+    def __call__(self, positions: Sequence[int]) -> Batch:
+        index = torch.tensor(list(positions), dtype=torch.long)
+        has_image, has_text = self.cache.has_image[index], self.cache.has_text[index]
+        if self.missing_table is not None:
+            has_image, has_text = self.missing_table.apply(index, has_image, has_text)
+        empty = torch.zeros(len(index), 0)
+        return Batch(index=index, pixel_values=empty, input_ids=empty.long(),
+                     attention_mask=empty.long(), has_image=has_image, has_text=has_text,
+                     labels=self.cache.labels[index],
+                     image_tokens=_rows(self.cache.image, index),
+                     text_tokens=_rows(self.cache.text, index))
+
+
+def _rows(tokens: TokenCache | None, index: Tensor) -> TokenCache | None:
+    return None if tokens is None else tokens.select(index)
+
+
+__all__ = [
+    "CachedCollator",
+    "CachedSplit",
+    "SplitCache",
+    "build_split_cache",
+    "cache_key",
+    "load_or_build_split_cache",
+    "load_split_cache",
+    "save_split_cache",
+    "uses_token_cache",
+]
