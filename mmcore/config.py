@@ -39,7 +39,7 @@ class ModelConfig:
     predict_from: Literal["prompts", "cls"] = "prompts"  # "cls" is the paper's baseline
     predictor_hidden: int = 1024  # width of the 2-layer MLP feature predictor
     predictor_layers: int = 2  # linear layers in the predictor (>= 1)
-    fill: Literal["predict", "zero", "dummy"] = "predict"  # what stands in for a missing modality
+    fill: Literal["predict", "zero", "dummy", "mean"] = "predict"  # stand-in for a missing modality
     modalities: Literal["both", "image", "text"] = "both"  # "image"/"text": one modality alone
     head_dropout: float = 0.1  # dropout before each modality's classifier head
 
@@ -87,6 +87,7 @@ class OptimConfig:
     warmup_ratio: float = 0.1  # fraction of steps with linear warm-up, then cosine decay
     grad_accum: int = 1  # micro-batches per optimiser step
     clip_grad: float = 1.0  # max gradient norm (0 disables)
+    probe_init: bool = True  # start heads (and linear predictors) from closed-form fits
 
 
 @dataclass
@@ -99,6 +100,8 @@ class RunConfig:
     eval_batch_size: int = 64
     progress: bool = True  # tqdm progress bars
     checkpoint_every: int = 0  # optimiser steps between mid-epoch "last" checkpoints (0: none)
+    token_cache: bool = True  # frozen encoders: train on cached tokens (exact, ~10x faster)
+    cache_memory_gb: float = 8.0  # a larger token cache stays memory-mapped on disk
 
 
 @dataclass
@@ -217,7 +220,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "limit_samples": (0, None),
     "missing_rate": (0.0, 1.0),
     "missing_seed": (0, None),
-    "epochs": (1, None),
+    "epochs": (0, None),  # 0: the closed-form fits of optim.probe_init only
     "batch_size": (1, None),
     "lr": (0.0, None),
     "encoder_lr": (0.0, None),
@@ -228,6 +231,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "seed": (0, None),
     "eval_batch_size": (1, None),
     "checkpoint_every": (0, None),
+    "cache_memory_gb": (0.0, None),
 }
 
 
