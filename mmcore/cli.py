@@ -121,6 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except STOPS as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return STOP_EXIT_CODE
+    except KeyboardInterrupt:  # outside training (which saves and stops on its own)
+        print("error: interrupted", file=sys.stderr)
+        return 130
 
 
 def _check_data(cfg: Config, report_path: Path | None) -> int:

@@ -123,3 +123,12 @@ def test_the_task_and_classes_are_saved_and_a_resumed_run_must_match(tmp_path):
     report.classes = ["animals", "buildings"]  # the data changed before a resume
     with pytest.raises(DataError, match="the data changed since this run started"):
         _record_data(report, tmp_path / "run")
+
+
+def test_ctrl_c_while_checking_is_one_line(monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("mmcore.cli.check_data", interrupted)
+    assert main(["check-data"]) == 130
+    assert capsys.readouterr().err == "error: interrupted\n"
