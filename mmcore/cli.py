@@ -148,7 +148,7 @@ def _train(cfg: Config, method: str | None, sweep: bool) -> int:
         raise DataError(f"{len(report.stops)} problem(s) in the data stop training (listed "
                         "above); fix them, then run the same command again")
     if main_process:
-        _record_data(report, Path(cfg.run.out_dir))
+        _record_data(report, cfg)
     exp = experiment.run(cfg) if sweep and main_process else experiment.train(cfg)
     if main_process:
         print(f"run folder: {exp.run_dir}  best {exp.result.metric}: "
@@ -156,8 +156,16 @@ def _train(cfg: Config, method: str | None, sweep: bool) -> int:
     return 0
 
 
-def _record_data(report: Report, run_dir: Path) -> None:
-    """Save the task, classes and split sizes a run trains on; a resumed run must match."""
+def _record_data(report: Report, cfg: Config) -> None:
+    """Save the task, classes and split sizes a run trains on; a resumed run must match.
+
+    A folder holding a run of another config is left alone: training refuses it next,
+    naming the keys that changed.
+    """
+    run_dir = Path(cfg.run.out_dir)
+    config = run_dir / "config.yaml"
+    if config.is_file() and config.read_text() != cfg.to_yaml():
+        return
     record = {"dataset": report.dataset, "data_root": report.data_root,
               "task_type": report.task_type, "task_reason": report.task_reason,
               "classes": report.classes, "split_sizes": report.split_sizes}

@@ -113,8 +113,9 @@ def test_the_task_and_classes_are_saved_and_a_resumed_run_must_match(tmp_path):
     manifest = write_manifest(tmp_path / "my_data", per_class=4)
     cfg = Config.from_params(dataset="manifest", data_root=str(manifest), batch_size=4,
                              progress=False)
+    cfg = cfg.replace(out_dir=str(tmp_path / "run"))
     report = check_data(cfg)
-    _record_data(report, tmp_path / "run")
+    _record_data(report, cfg)
     saved = json.loads((tmp_path / "run" / "data.json").read_text())
     assert saved["task_type"] == "multiclass" and saved["classes"] == [
         "animals", "buildings", "electronics"]
@@ -122,7 +123,12 @@ def test_the_task_and_classes_are_saved_and_a_resumed_run_must_match(tmp_path):
     assert json.loads((tmp_path / "run" / "check_data.json").read_text())["exit_code"] == 0
     report.classes = ["animals", "buildings"]  # the data changed before a resume
     with pytest.raises(DataError, match="the data changed since this run started"):
-        _record_data(report, tmp_path / "run")
+        _record_data(report, cfg)
+    other = tmp_path / "other"  # a folder holding a run of another config is left alone
+    other.mkdir()
+    (other / "config.yaml").write_text(cfg.replace(epochs=9).to_yaml())
+    _record_data(report, cfg.replace(out_dir=str(other)))
+    assert sorted(p.name for p in other.iterdir()) == ["config.yaml"]
 
 
 def test_ctrl_c_while_checking_is_one_line(monkeypatch, capsys):
