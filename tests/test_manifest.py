@@ -169,3 +169,11 @@ def test_a_quoted_text_over_several_lines_is_one_row(tmp_path):
              for s in load_manifest(manifest, split).samples]
     assert "first line, with a comma\nsecond line, x, y" in texts and len(texts) == 4
     assert ds.task_type == "multiclass"
+
+
+def test_bom_and_crlf_keep_line_numbers(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes(b"\xef\xbb\xbfimage,text,label\r\n,one,a\r\n,two,b\r\n"
+                         b',"three\r\nlines, here",a\r\n,a cat, a hat,b\r\n')
+    with pytest.raises(DataError, match=r"m\.csv: line 6 has 4 fields but the header has 3"):
+        load_manifest(manifest, "train")

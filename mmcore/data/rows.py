@@ -93,9 +93,12 @@ def _parse_csv(path: Path, f: Any, flag: Flag) -> list[Row]:
 
 
 def _swallowed_row(physical: list[str], header: list[str], labels: set[str]) -> int:
-    """Offset of the first line inside a multi-line record that is a row of its own
-    (the header's field count and a label other rows use); 0 if none."""
+    """Offset of the first line inside a multi-line record that is a row of its own: its
+    quotes balanced on the line (the line that closes a real multi-line text has an odd
+    number), the header's field count and a label other rows use; 0 if none."""
     for offset, text in enumerate(physical[1:], 1):
+        if text.count('"') % 2:
+            continue
         inner = next(csv.reader([text]), [])
         if len(inner) == len(header) and inner[header.index("label")].strip() in labels:
             return offset
