@@ -11,7 +11,8 @@ skin-tone variants, no "Component" category):
 - label: the category (9 classes).
 
 Splits are 60/20/20 per category from a seeded shuffle; gender variants of one emoji
-("man cook", "woman cook", "cook") form one group and share a split.
+("man cook", "woman cook", "cook") and emoji drawn with the same image (Norway, Svalbard
+and Bouvet Island share one flag) form one group and share a split.
 
 Run again with ``python scripts/build_emoji.py`` (needs ``npm`` and the npm registry, or
 ``--source`` pointing at an extracted package). Same package, same files, byte for byte.
@@ -129,13 +130,33 @@ def group_key(unified: str) -> str:
     return "-".join(points)
 
 
-def assign_splits(items: Sequence[Emoji], seed: int = SEED) -> dict[str, str]:
-    """Id -> split: per category, groups in a seeded shuffle go to the split furthest below
-    its share (60/20/20). Stratified, and a group never spans two splits."""
+def group_of(items: Sequence[Emoji], digests: dict[str, str]) -> dict[str, str]:
+    """Id -> group: emoji linked by a shared ``group_key`` or by identical image bytes
+    (``digests``: id -> SHA-256) form one group, named by its first id in ``items``."""
+    parent = list(range(len(items)))
+
+    def root(n: int) -> int:
+        while parent[n] != n:
+            n = parent[n]
+        return n
+
+    first: dict[str, int] = {}
+    for n, it in enumerate(items):
+        for key in (f"code:{group_key(it.unified)}", f"image:{digests[it.id]}"):
+            a, b = root(first.setdefault(key, n)), root(n)
+            parent[max(a, b)] = min(a, b)
+    return {it.id: items[root(n)].id for n, it in enumerate(items)}
+
+
+def assign_splits(items: Sequence[Emoji], digests: dict[str, str],
+                  seed: int = SEED) -> dict[str, str]:
+    """Id -> split: per category, groups (``group_of``) in a seeded shuffle go to the split
+    furthest below its share (60/20/20). Stratified, and a group never spans two splits."""
+    group = group_of(items, digests)
     groups: dict[str, dict[str, list[str]]] = collections.defaultdict(
         lambda: collections.defaultdict(list))
     for it in items:
-        groups[it.category][group_key(it.unified)].append(it.id)
+        groups[it.category][group[it.id]].append(it.id)
     splits = {}
     for category in CATEGORIES:
         keys = sorted(groups[category])
@@ -149,9 +170,11 @@ def assign_splits(items: Sequence[Emoji], seed: int = SEED) -> dict[str, str]:
     return splits
 
 
-def metadata_rows(items: Sequence[Emoji], seed: int = SEED) -> list[dict]:
-    """One metadata row per emoji: what the loader reads plus the package fields it came from."""
-    splits = assign_splits(items, seed)
+def metadata_rows(items: Sequence[Emoji], digests: dict[str, str],
+                  seed: int = SEED) -> list[dict]:
+    """One metadata row per emoji: what the loader reads, the package fields it came from
+    and the SHA-256 of its image file (``digests``)."""
+    splits = assign_splits(items, digests, seed)
     return [{
         "id": it.id,
         "image": f"images/{it.id}.png",
@@ -161,6 +184,7 @@ def metadata_rows(items: Sequence[Emoji], seed: int = SEED) -> list[dict]:
         "name": it.name,
         "subcategory": it.subcategory,
         "unified": it.unified,
+        "sha256": digests[it.id],
     } for it in items]
 
 
@@ -191,13 +215,14 @@ def build(package: Path, out: Path) -> dict[str, object]:
     Other files there (README.md, the images' LICENSE-Apache-2.0) are left alone.
     """
     items = read_emoji(package)
-    rows = metadata_rows(items)
     if (out / "images").exists():
         shutil.rmtree(out / "images")
     (out / "images").mkdir(parents=True)
-    for it, row in zip(items, rows):
-        flatten_png(package / IMAGE_DIR / it.image, out / row["image"])
-        row["sha256"] = sha256(out / row["image"])
+    digests = {}
+    for it in items:
+        flatten_png(package / IMAGE_DIR / it.image, out / "images" / f"{it.id}.png")
+        digests[it.id] = sha256(out / "images" / f"{it.id}.png")
+    rows = metadata_rows(items, digests)
     with open(out / "metadata.jsonl", "w") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")

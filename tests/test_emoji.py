@@ -69,10 +69,11 @@ def test_splits_disjoint_and_stratified(parts):
             assert abs(n[split] - share * total) <= 2, (c, n)
 
 
-def test_gender_variants_share_a_split(rows):
+@pytest.mark.parametrize("field", ["unified", "sha256"])
+def test_gender_variants_and_identical_images_share_a_split(rows, field):
     split_of: dict[str, str] = {}
     for row in rows:
-        key = B.group_key(row["unified"])
+        key = B.group_key(row[field]) if field == "unified" else row[field]
         assert split_of.setdefault(key, row["split"]) == row["split"], row["name"]
     assert len(split_of) < len(rows)  # some groups really hold several emoji
 
@@ -87,8 +88,7 @@ def test_no_category_word_in_text(rows):
 def test_metadata_is_what_the_build_makes_of_its_package_fields(rows):
     items = [B.Emoji(r["unified"], r["name"], r["category"], r["subcategory"], f"{r['id']}.png")
              for r in rows]
-    rebuilt = B.metadata_rows(items)
-    assert [{k: v for k, v in r.items() if k != "sha256"} for r in rows] == rebuilt
+    assert B.metadata_rows(items, {r["id"]: r["sha256"] for r in rows}) == rows
 
 
 def test_every_image_decodes_to_the_committed_bytes(rows):
@@ -113,7 +113,7 @@ def test_licences_and_size():
 
 def test_load_dataset_and_check_data_are_clean(tmp_path, capsys):
     cfg = Config.from_params(dataset="emoji", data_root=str(DATA))
-    assert len(load_dataset(cfg.data, "test")) == 382
+    assert len(load_dataset(cfg.data, "test")) == 381
     code = cli.main(["check-data", "--set", "dataset=emoji", "--set", f"data_root={DATA}",
                      "--set", f"out_dir={tmp_path}", "--set", "progress=false"])
     out = capsys.readouterr().out
@@ -168,11 +168,22 @@ def test_group_key_joins_gender_variants_only():
     assert B.group_key("1F600") != B.group_key("1F603")
 
 
+def test_group_of_links_variants_and_identical_images():
+    items = [B.Emoji(u, "x", "People & Body", "sub", f"{u.lower()}.png")
+             for u in ("1F468-200D-1F373", "1F469-200D-1F373", "1F46A", "1F46B", "1F600")]
+    digests = {"1f468-200d-1f373": "a", "1f469-200d-1f373": "b", "1f46a": "c", "1f46b": "c",
+               "1f600": "d"}
+    assert B.group_of(items, digests) == {
+        "1f468-200d-1f373": "1f468-200d-1f373", "1f469-200d-1f373": "1f468-200d-1f373",
+        "1f46a": "1f46a", "1f46b": "1f46a", "1f600": "1f600"}
+
+
 def test_assign_splits_is_seeded_and_stratified():
     items = [B.Emoji(f"{i:X}", f"thing {i}", ("Flags", "Objects")[i % 2], "sub", f"{i:x}.png")
              for i in range(100)]
-    first, again = B.assign_splits(items), B.assign_splits(list(items))
-    other = B.assign_splits(items, seed=1)
+    digests = {it.id: it.id for it in items}
+    first, again = B.assign_splits(items, digests), B.assign_splits(list(items), digests)
+    other = B.assign_splits(items, digests, seed=1)
     assert first == again != other
     for c in ("Flags", "Objects"):
         got = collections.Counter(first[it.id] for it in items if it.category == c)
