@@ -39,7 +39,7 @@ PACKAGE, VERSION = "emoji-datasource-google", "16.0.0"
 IMAGE_DIR = "img/google/64"
 
 # Category (label-index order: the package's) -> the word stems of its name that are cut
-# from the text wherever they occur inside a word ("places", "activity", "seafood").
+# from the text wherever they occur inside a word ("places", "activity", "flags").
 CATEGORIES: dict[str, tuple[str, ...]] = {
     "Smileys & Emotion": ("smiley", "emotion"),
     "People & Body": ("people", "body"),
@@ -98,7 +98,7 @@ def read_emoji(package: Path) -> list[Emoji]:
 
     Skin-tone variants live inside their base entry (``skin_variations``) and are not read.
     """
-    entries = json.loads((package / "emoji.json").read_text())
+    entries = json.loads((package / "emoji.json").read_text(encoding="utf-8"))
     entries = sorted((e for e in entries if e["category"] != "Component"),
                      key=lambda e: e["sort_order"])
     unknown = {e["category"] for e in entries} - set(CATEGORIES)
@@ -223,7 +223,7 @@ def build(package: Path, out: Path) -> dict[str, object]:
         flatten_png(package / IMAGE_DIR / it.image, out / "images" / f"{it.id}.png")
         digests[it.id] = sha256(out / "images" / f"{it.id}.png")
     rows = metadata_rows(items, digests)
-    with open(out / "metadata.jsonl", "w") as f:
+    with open(out / "metadata.jsonl", "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     (out / "classes.json").write_text(json.dumps({"category": list(CATEGORIES)}, indent=2) + "\n")

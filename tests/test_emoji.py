@@ -27,7 +27,8 @@ COUNTS = {"Smileys & Emotion": 169, "People & Body": 386, "Animals & Nature": 15
 
 @pytest.fixture(scope="module")
 def rows() -> list[dict]:
-    return [json.loads(line) for line in (DATA / "metadata.jsonl").read_text().splitlines()]
+    lines = (DATA / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
 
 
 @pytest.fixture(scope="module")
