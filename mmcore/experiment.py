@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from mmcore.checkpoint import atomic_write, write_json
@@ -22,7 +23,7 @@ from mmcore.config import Config
 from mmcore.data import Collator, MultimodalDataset, load_dataset
 from mmcore.encoders import image_transform, load_tokenizer
 from mmcore.missing import MISSING_TYPES, MissingTable, load_or_build
-from mmcore.model import FusionModel, build_model
+from mmcore.model import Embeddings, FusionModel, build_model
 from mmcore.probe import initialise_from_probes
 from mmcore.prompt_cache import (CachedCollator, CachedSplit, SplitCache,
                                  load_or_build_split_cache, uses_token_cache)
@@ -79,6 +80,12 @@ class Experiment:
         return _loader(self.cfg, self.datasets[split], train=False, table=table,
                        model=self.model, token_caches=self.token_caches)
 
+    def set_fill_means(self) -> None:
+        """Set the model's mean fills from its encoders as trained (one pass over train)."""
+        emb, labels = _frozen_embeddings(self.cfg, self.model, self.datasets["train"],
+                                         self.token_caches)
+        initialise_from_probes(self.model, emb, labels, emb, labels, fit=False)
+
     def encode(self, split: str = "test") -> EmbeddingCache:
         """Every sample of ``split`` encoded once with the modalities it really has."""
         device = resolve_device(self.cfg.run.device)
@@ -126,6 +133,21 @@ def _loader(cfg: Config, dataset: MultimodalDataset, train: bool, table: Missing
                         num_workers=cfg.data.num_workers)
 
 
+def _frozen_embeddings(cfg: Config, model: FusionModel, dataset: MultimodalDataset,
+                       caches: dict[str, SplitCache]) -> tuple[Embeddings, Tensor]:
+    """A split's embeddings (real availability) and labels, as the model's encoders give them now."""
+    if uses_token_cache(cfg):
+        cache = caches[dataset.split]
+        emb = Embeddings(*(None if c is None else c.embedding.float()
+                           for c in (cache.image, cache.text)), None, None,
+                         cache.has_image, cache.has_text)
+        return emb, cache.labels
+    device = resolve_device(cfg.run.device)
+    encoded = collect(model.to(device), _loader(cfg, dataset, False, None, model, caches),
+                      device, cfg.run.precision, cfg.run.progress)
+    return encoded.emb, encoded.labels
+
+
 def train(cfg: Config, datasets: dict[str, MultimodalDataset] | None = None) -> Experiment:
     """Train (or load, or resume) the run ``cfg`` describes, in ``cfg.run.out_dir``.
 
@@ -146,14 +168,13 @@ def train(cfg: Config, datasets: dict[str, MultimodalDataset] | None = None) -> 
         loaders = (_loader(cfg, train_ds, True, tables["train"], model, caches),
                    _loader(cfg, val_ds, False, tables["val"], model, caches))
         fresh = not (run_dir / LAST).exists()
-        if (fresh and cfg.optim.probe_init) or cfg.model.fill == "mean":
-            device = resolve_device(cfg.run.device)
-            train_emb, val_emb = (collect(model.to(device), _loader(cfg, ds, False, None, model,
-                                                                    caches),
-                                          device, cfg.run.precision, cfg.run.progress)
+        fit = fresh and cfg.optim.probe_init
+        # mean fills and closed-form starts need the frozen embeddings: free from a token
+        # cache, one encoding pass of train and val otherwise
+        if fit or cfg.model.fill == "mean" or uses_token_cache(cfg):
+            train_emb, val_emb = (_frozen_embeddings(cfg, model, ds, caches)
                                   for ds in (train_ds, val_ds))
-            fits = initialise_from_probes(model, train_emb.emb, train_emb.labels, val_emb.emb,
-                                          val_emb.labels, fit=fresh and cfg.optim.probe_init)
+            fits = initialise_from_probes(model, *train_emb, *val_emb, fit=fit)
             if fits and distributed_env().is_main:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 write_json(run_dir / "probe_init.json", fits)
@@ -179,12 +200,8 @@ def run(cfg: Config, rates: Sequence[float] = DEFAULT_RATES,
         if previous.get("grid") == grid:
             exp.sweep_rows = previous["rows"]
             return exp
-    if "mean" in grid["fills"] and cfg.model.peft != "frozen":
-        train_emb = exp.encode("train")  # the fine-tuned encoders' own training means
-        has = {"image": train_emb.emb.has_image, "text": train_emb.emb.has_text}
-        exp.model.set_fill_means(*(None if e is None else e[has[m]].mean(0)
-                                   for m, e in (("image", train_emb.emb.image_emb),
-                                                ("text", train_emb.emb.text_emb))))
+    if "mean" in grid["fills"] and not uses_token_cache(cfg):
+        exp.set_fill_means()
     cache = exp.encode("test")
     configured = load_or_build(exp.run_dir / "missing", cfg.missing, cfg.data.dataset, "test",
                                len(cache))

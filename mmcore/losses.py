@@ -41,6 +41,7 @@ def vicreg_loss(
     sim_coeff: float = 25.0,
     std_coeff: float = 25.0,
     cov_coeff: float = 1.0,
+    y_trains: bool = True,
 ) -> VICRegTerms:
     """VICReg (Bardes et al., 2022) between two batches of embeddings.
 
@@ -50,6 +51,9 @@ def vicreg_loss(
         sim_coeff: weight of the invariance (mean squared error) term.
         std_coeff: weight of the variance (hinge on the per-dimension std) term.
         cov_coeff: weight of the covariance (off-diagonal decorrelation) term.
+        y_trains: False leaves out y's halves of the variance and covariance terms, which
+            are constants when y is a detached target: the gradient is the reference's, and
+            the logged terms show only what trains.
 
     Returns:
         ``VICRegTerms(total, inv, var, cov)``; ``total`` is the weighted sum.
@@ -69,11 +73,12 @@ def vicreg_loss(
 
         std_x = torch.sqrt(x.var(dim=0) + 0.0001)
         std_y = torch.sqrt(y.var(dim=0) + 0.0001)
-        var = torch.mean(F.relu(1 - std_x)) / 2 + torch.mean(F.relu(1 - std_y)) / 2
+        var = torch.mean(F.relu(1 - std_x)) / 2 + y_trains * torch.mean(F.relu(1 - std_y)) / 2
 
         cov_x = (x.T @ x) / (n - 1)  # (D, D)
         cov_y = (y.T @ y) / (n - 1)  # (D, D)
-        cov = off_diagonal(cov_x).pow(2).sum() / d + off_diagonal(cov_y).pow(2).sum() / d
+        cov = (off_diagonal(cov_x).pow(2).sum() / d
+               + y_trains * off_diagonal(cov_y).pow(2).sum() / d)
 
     total = sim_coeff * inv + std_coeff * var + cov_coeff * cov
     return VICRegTerms(total, inv, var, cov)
@@ -117,7 +122,8 @@ def alignment_loss(pred: Tensor, target: Tensor, loss_cfg: LossConfig) -> VICReg
 
     Args:
         pred: (N, D) predicted embeddings.
-        target: (N, D) true embeddings (detach it beforehand for a stop-gradient).
+        target: (N, D) true embeddings (detach it beforehand for a stop-gradient: VICReg
+            then leaves out the target's constant variance and covariance halves).
         loss_cfg: ``alignment`` picks the loss; the VICReg coefficients come from here too.
 
     Returns:
@@ -127,7 +133,7 @@ def alignment_loss(pred: Tensor, target: Tensor, loss_cfg: LossConfig) -> VICReg
         pred, target = scale_to_target(pred, target)
     if loss_cfg.alignment == "vicreg":
         return vicreg_loss(pred, target, loss_cfg.sim_coeff, loss_cfg.std_coeff,
-                           loss_cfg.cov_coeff)
+                           loss_cfg.cov_coeff, y_trains=target.requires_grad)
     if loss_cfg.alignment == "mse":
         return mse_alignment(pred, target)
     if loss_cfg.alignment == "cosine":

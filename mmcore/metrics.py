@@ -18,7 +18,7 @@ no negatives) and is NaN when no class is left.
 from __future__ import annotations
 
 import warnings
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 from sklearn import metrics as skm
@@ -180,4 +180,52 @@ def compute_metrics(logits: ArrayLike, labels: ArrayLike, task_type: TaskType) -
         return {m.name: m.fn(logits, labels) for m in _REPORTED[task_type]}
 
 
-__all__ = ["Metric", "accuracy", "auroc", "compute_metrics", "f1_macro", "f1_micro", "metric_for"]
+# --- how well a predicted embedding finds its partner ---------------------------------------
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (cosine similarity is then a dot product)."""
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def cosine_to_partner(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """(N,) cosine similarity of each predicted embedding to its own true partner."""
+    return np.sum(unit_rows(pred) * unit_rows(true), axis=1)
+
+
+def partner_ranks(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """(N,) rank of each row's true partner among all N true embeddings (0 = nearest).
+
+    Ranked by cosine similarity to the predicted embedding; ties count against the partner.
+    """
+    sim = unit_rows(pred) @ unit_rows(true).T  # (N, N)
+    return np.sum(sim > np.diag(sim)[:, None], axis=1)
+
+
+def partner_stats(pred: np.ndarray, true: np.ndarray, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """How well predictions find their own partner: mean cosine, median rank, recall@k.
+
+    Args:
+        pred: (N, D) predicted embeddings.
+        true: (N, D) true embeddings of the same N items, row for row.
+        ks: Cut-offs for recall@k (share of rows whose partner ranks in the top k).
+
+    Returns:
+        "cosine", "median_rank" (1 = nearest), "chance_rank" ((N + 1) / 2) and "recall@k".
+    """
+    ranks = partner_ranks(pred, true)
+    stats = {"cosine": float(cosine_to_partner(pred, true).mean()),
+             "median_rank": float(np.median(ranks) + 1), "chance_rank": (len(true) + 1) / 2}
+    stats.update({f"recall@{k}": float(np.mean(ranks < k)) for k in ks})
+    return stats
+
+
+def r2_score(pred: ArrayLike, true: ArrayLike) -> float:
+    """Coefficient of determination over all dimensions: 1 - SSE / total sum of squares."""
+    pred, true = _numpy(pred).astype(np.float64), _numpy(true).astype(np.float64)
+    return float(1.0 - ((true - pred) ** 2).sum() / ((true - true.mean(0)) ** 2).sum())
+
+
+__all__ = ["Metric", "accuracy", "auroc", "compute_metrics", "cosine_to_partner", "f1_macro",
+           "f1_micro", "metric_for", "partner_ranks", "partner_stats", "r2_score", "unit_rows"]

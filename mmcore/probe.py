@@ -17,7 +17,7 @@ from torch import Tensor
 
 from mmcore.data.base import TaskType
 from mmcore.losses import task_loss
-from mmcore.metrics import compute_metrics, metric_for
+from mmcore.metrics import compute_metrics, metric_for, r2_score
 from mmcore.model import Embeddings, FusionModel
 
 WEIGHT_DECAYS: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)  # L2 grid of the heads
@@ -85,13 +85,6 @@ def fit_ridge(x: Tensor, y: Tensor, x_val: Tensor, y_val: Tensor,
     return best
 
 
-def r2_score(pred: Tensor, true: Tensor) -> float:
-    """Coefficient of determination over all dimensions: 1 - SSE / total sum of squares."""
-    residual = (true - pred).pow(2).sum()
-    total = (true - true.mean(0)).pow(2).sum()
-    return float(1.0 - residual / total)
-
-
 def _rows(emb: Embeddings, labels: Tensor, modality: str) -> tuple[Tensor, Tensor]:
     """The embeddings of one modality and the labels of the rows that have it."""
     present = emb.has_image if modality == "image" else emb.has_text
@@ -146,4 +139,4 @@ def initialise_from_probes(model: FusionModel, train: Embeddings, train_labels: 
     return report
 
 
-__all__ = ["LinearFit", "fit_logistic", "fit_ridge", "initialise_from_probes", "r2_score"]
+__all__ = ["LinearFit", "fit_logistic", "fit_ridge", "initialise_from_probes"]

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from mmcore.data.base import TaskType
-from mmcore.metrics import compute_metrics
+from mmcore.metrics import compute_metrics, metric_for, partner_stats, r2_score
 from mmcore.missing import MISSING_TYPES, MissingTable
 from mmcore.model import Embeddings, FusionModel, precision_context
 
@@ -119,6 +119,42 @@ def sweep(model: FusionModel, cache: EmbeddingCache, task_type: TaskType, datase
                          "missing_rate": rate, "seed": seed, "fill": fill or model.fill,
                          "table_sha256": table.digest(),
                          **score(model, cache, table, task_type, fill=fill)})
+    return rows
+
+
+@torch.no_grad()
+def predictor_report(model: FusionModel, cache: EmbeddingCache, task_type: TaskType
+                     ) -> list[dict[str, float | str]]:
+    """How well each direction's prediction stands in for the true embedding.
+
+    On the rows that have both modalities: R^2 and cosine of the prediction against the
+    truth, the rank of the true partner among all true embeddings, and the target head's
+    headline metric fed the truth, the prediction, or the training mean (fill "mean").
+    """
+    model.eval()
+    both = cache.emb.has_image & cache.emb.has_text
+    labels = cache.labels[both]
+    metric = metric_for(task_type).name
+    device = next(model.parameters()).device
+
+    def head_score(x: Tensor, target: str) -> float:
+        logits = model.forward_head(x.to(device), target).float().cpu()
+        return compute_metrics(logits, labels, task_type)[metric]
+
+    rows = []
+    for source, target in (("image", "text"), ("text", "image")):
+        pred = getattr(cache.emb, f"pred_{target}")
+        true = getattr(cache.emb, f"{target}_emb")
+        if pred is None or true is None:
+            continue
+        pred, true = pred[both], true[both]
+        mean = getattr(model, f"mean_{target}").cpu().expand_as(true)
+        rows.append({"direction": f"{source} -> {target}", "pairs": int(both.sum()),
+                     "r2": r2_score(pred, true),
+                     **partner_stats(pred.numpy(), true.numpy(), ks=(1, 5)),
+                     f"head_{metric}_true": head_score(true, target),
+                     f"head_{metric}_predicted": head_score(pred, target),
+                     f"head_{metric}_mean": head_score(mean, target)})
     return rows
 
 

@@ -18,6 +18,8 @@ import numpy as np
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 from PIL import Image
 
+from mmcore.metrics import unit_rows
+
 STYLE: dict[str, Any] = {
     "figure.figsize": (6.0, 3.2),
     "figure.dpi": 100,
@@ -357,43 +359,11 @@ def complete_pairs(emb: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             "image -> text": (emb.pred_text.numpy()[both], emb.text_emb.numpy()[both])}
 
 
-def cosine_to_partner(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
-    """(N,) cosine similarity of each predicted embedding to its own true partner."""
-    return np.sum(_unit(pred) * _unit(true), axis=1)
-
-
-def partner_ranks(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
-    """(N,) rank of each row's true partner among all N true embeddings (0 = nearest).
-
-    Ranked by cosine similarity to the predicted embedding; ties count against the partner.
-    """
-    sim = _unit(pred) @ _unit(true).T  # (N, N)
-    return np.sum(sim > np.diag(sim)[:, None], axis=1)
-
-
-def partner_stats(pred: np.ndarray, true: np.ndarray, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
-    """How well predictions find their own partner: mean cosine, median rank, recall@k.
-
-    Args:
-        pred: (N, D) predicted embeddings.
-        true: (N, D) true embeddings of the same N items, row for row.
-        ks: Cut-offs for recall@k (share of rows whose partner ranks in the top k).
-
-    Returns:
-        "cosine", "median_rank" (1 = nearest), "chance_rank" ((N + 1) / 2) and "recall@k".
-    """
-    ranks = partner_ranks(pred, true)
-    stats = {"cosine": float(cosine_to_partner(pred, true).mean()),
-             "median_rank": float(np.median(ranks) + 1), "chance_rank": (len(true) + 1) / 2}
-    stats.update({f"recall@{k}": float(np.mean(ranks < k)) for k in ks})
-    return stats
-
-
 def nearest(queries: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
     """(Q, k) indices of the `k` keys nearest to each query by cosine similarity, best first."""
     if not 1 <= k <= len(keys):
         raise ValueError(f"nearest: k={k} must be in 1..{len(keys)} (the number of keys)")
-    sim = _unit(queries) @ _unit(keys).T  # (Q, N)
+    sim = unit_rows(queries) @ unit_rows(keys).T  # (Q, N)
     return np.argsort(-sim, axis=1, kind="stable")[:, :k]
 
 
@@ -411,11 +381,6 @@ def retrieve_images(emb: Any, rows: np.ndarray, k: int) -> np.ndarray:
     keys = np.flatnonzero(emb.has_image.numpy())
     found = nearest(emb.pred_image.numpy()[rows], emb.image_emb.numpy()[keys], k)  # (Q, k)
     return keys[found]
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def retrieval_grid(

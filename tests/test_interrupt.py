@@ -84,7 +84,7 @@ def _assert_same_run(run: Path, reference: Path) -> None:
         mb.get("progress", {}).get("history", []))
     rows = [_strip([json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()])
             for d in (run, reference)]
-    assert rows[0] == rows[1] and len(rows[0]) == ma["config"]["optim"]["epochs"]
+    assert rows[0] == rows[1] and len(rows[0]) == ma["config"]["optim"]["epochs"] + 1  # + epoch 0
     finals = [json.loads((d / "final.json").read_text()) for d in (run, reference)]
     for final in finals:
         final["best"] = _strip([final["best"]])[0]
@@ -206,12 +206,13 @@ def test_a_full_disk_fails_clearly_and_keeps_the_previous_checkpoint(tmp_path, m
 def test_a_full_disk_during_training_keeps_last_and_resume_is_bit_exact(tmp_path, monkeypatch,
                                                                         local_reference):
     cfg = _cfg(checkpoint_every=1)
-    disk = _FullDisk(fail_at=6, match="last.safetensors")
+    disk = _FullDisk(fail_at=7, match="last.safetensors")  # write 1 is epoch 0 (step 0)
     monkeypatch.setattr(mmcore.checkpoint, "open", disk, raising=False)
     with pytest.raises(OSError, match="disk is full"):
         _run(cfg, tmp_path / "cut")
-    assert disk.opened == 6 and _last_good_step(tmp_path / "cut") == 5
-    assert sorted(os.listdir(tmp_path / "cut/checkpoints")) == ["last.safetensors"]
+    assert disk.opened == 7 and _last_good_step(tmp_path / "cut") == 5
+    # best: epoch 0, the model before training; no temporary file left
+    assert sorted(os.listdir(tmp_path / "cut/checkpoints")) == ["best.safetensors", "last.safetensors"]
     monkeypatch.undo()
     _run(cfg, tmp_path / "cut")
     _assert_same_run(tmp_path / "cut", local_reference)  # checkpoint_every changes nothing
@@ -336,13 +337,15 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_checkpoint(
     rng, run_dir, step = random.Random(1), tmp_path / "run", 0
     for _ in range(2):
         write = rng.randint(2, 5)
+        # a fresh run's first write is the model before training (step 0), then one per step
+        first_step = 0 if (run_dir / LAST).exists() else -1
         pid = server.start(run_dir, pause_write=write)
         server.wait_for(f"W {write}")  # the temporary file is written, not yet renamed
         os.kill(pid, signal.SIGKILL)
         assert server.status() == -signal.SIGKILL
         assert (run_dir / f"checkpoints/.last.safetensors.tmp{pid}").is_file()
-        assert _last_good_step(run_dir) == step + write - 1  # one write per step
-        step += write - 1
+        assert _last_good_step(run_dir) == step + write - 1 + first_step
+        step += write - 1 + first_step
     print(f"SIGKILL in a write: last checkpoint kept at step {step}")
     _finish(server, run_dir, forked_reference)
 

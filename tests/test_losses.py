@@ -116,7 +116,8 @@ def test_mse_and_cosine_alignment():
 @pytest.mark.parametrize("name", ["vicreg", "mse", "cosine"])
 def test_alignment_loss_dispatches(name):
     g = torch.Generator().manual_seed(6)
-    x, y = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    x = torch.randn(6, 4, generator=g)
+    y = torch.randn(6, 4, generator=g).requires_grad_()  # a target that trains (no stop-grad)
     cfg = LossConfig(alignment=name, sim_coeff=2.0, std_coeff=3.0, cov_coeff=4.0,
                      scale_to_target=False)
     want = {"vicreg": lambda: vicreg_loss(x, y, 2.0, 3.0, 4.0),
@@ -166,6 +167,7 @@ def test_scaled_alignment_does_not_depend_on_the_embeddings_scale(name):
 def test_scaling_to_the_target_silences_the_variance_hinge_for_a_perfect_prediction():
     # a text-like target: every dimension spreads about 0.3, well below VICReg's threshold of 1
     y = 0.3 * torch.randn(256, 8, generator=torch.Generator().manual_seed(9))
+    y.requires_grad_()  # both branches count in VICReg's variance term
     raw = alignment_loss(y.clone(), y, LossConfig(scale_to_target=False))
     scaled = alignment_loss(y.clone(), y, LossConfig())
     assert raw.inv.item() == 0.0 and scaled.inv.item() == 0.0
@@ -181,3 +183,18 @@ def test_scale_comes_from_the_target_without_gradient():
                                check_dtype=False)
     t.sum().backward()
     torch.testing.assert_close(target.grad, torch.full_like(target, 1 / target.detach().std(0).mean().item()))
+
+
+def test_a_detached_target_drops_only_its_constant_halves():
+    torch.manual_seed(0)
+    x = torch.randn(16, 8, requires_grad=True)
+    y = torch.randn(16, 8) * 0.3
+    full = vicreg_loss(x, y)
+    pred_only = vicreg_loss(x, y, y_trains=False)
+    assert pred_only.inv == full.inv
+    assert pred_only.var < full.var and pred_only.cov < full.cov  # y's halves left out
+    (g_full,) = torch.autograd.grad(full.total, x)
+    (g_pred,) = torch.autograd.grad(pred_only.total, x)
+    torch.testing.assert_close(g_pred, g_full)  # the same training signal
+    terms = alignment_loss(x, y, LossConfig(scale_to_target=False))  # y carries no gradient
+    assert terms.var == pred_only.var and terms.cov == pred_only.cov

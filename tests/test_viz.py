@@ -9,7 +9,7 @@ from PIL import Image
 
 matplotlib.use("Agg")
 
-from mmcore import viz  # noqa: E402 (after choosing the backend)
+from mmcore import metrics, viz  # noqa: E402 (after choosing the backend)
 
 
 def _rows() -> list[dict]:
@@ -65,19 +65,19 @@ def test_plot_methods_at_rate_bars_are_the_means() -> None:
 def test_cosine_and_partner_ranks() -> None:
     true = np.eye(4)
     pred = np.array([[1.0, 0, 0, 0], [0, 2.0, 0, 0], [1.0, 0, 0.1, 0], [0, 0, 0, -1.0]])
-    np.testing.assert_allclose(viz.cosine_to_partner(pred, true)[:2], [1.0, 1.0])
-    assert viz.cosine_to_partner(pred, true)[3] == pytest.approx(-1.0)
+    np.testing.assert_allclose(metrics.cosine_to_partner(pred, true)[:2], [1.0, 1.0])
+    assert metrics.cosine_to_partner(pred, true)[3] == pytest.approx(-1.0)
     # row 2 is nearer to item 0 than to its partner 2; row 3 is nearest to everything but 3
-    np.testing.assert_array_equal(viz.partner_ranks(pred, true), [0, 0, 1, 3])
+    np.testing.assert_array_equal(metrics.partner_ranks(pred, true), [0, 0, 1, 3])
 
 
 def test_partner_stats_from_ranks() -> None:
     true = np.eye(4)
     pred = np.array([[1.0, 0, 0, 0], [0, 2.0, 0, 0], [1.0, 0, 0.1, 0], [0, 0, 0, -1.0]])
-    stats = viz.partner_stats(pred, true, ks=(1, 2))  # ranks 0, 0, 1, 3
+    stats = metrics.partner_stats(pred, true, ks=(1, 2))  # ranks 0, 0, 1, 3
     assert stats["recall@1"] == pytest.approx(0.5) and stats["recall@2"] == pytest.approx(0.75)
     assert stats["median_rank"] == pytest.approx(1.5) and stats["chance_rank"] == 2.5
-    assert stats["cosine"] == pytest.approx(viz.cosine_to_partner(pred, true).mean())
+    assert stats["cosine"] == pytest.approx(metrics.cosine_to_partner(pred, true).mean())
 
 
 def test_nearest_orders_by_cosine_and_checks_k() -> None:
@@ -87,7 +87,7 @@ def test_nearest_orders_by_cosine_and_checks_k() -> None:
     idx = viz.nearest(queries, keys, k=4)
     assert idx.shape == (2, 4)
     np.testing.assert_array_equal(idx[:, 0], [3, 7])
-    sims = viz._unit(queries) @ viz._unit(keys).T
+    sims = metrics.unit_rows(queries) @ metrics.unit_rows(keys).T
     assert np.all(np.diff(np.take_along_axis(sims, idx, axis=1), axis=1) <= 0)
     with pytest.raises(ValueError, match="k=11"):
         viz.nearest(queries, keys, k=11)
