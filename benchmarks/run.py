@@ -14,7 +14,10 @@ the reference) and ``fast`` (the configuration's own speed settings: ``run.preci
 - the data pipeline alone (decode, transform, tokenise through ``mmcore.data.Collator``)
   against what the fast training step consumes, and the mean padded text length of its
   batches (dynamic padding: the longest text of each batch, not ``max_text_length``);
-- trainable and total parameters (PEFT mode of the configuration, BitFit by default).
+- trainable and total parameters (PEFT mode of the configuration, BitFit by default);
+- ``cache.{md,json}``: the same training step with BitFit, with frozen encoders run in
+  full, and with frozen encoders from the token cache (prompts only), at 112 and 224 px,
+  with the cache's build time and size per sample.
 
 Top-10 operators by self CPU time of a training step (plain and fast) and the SDPA kernels
 each encoder takes are saved beside the table.
@@ -234,24 +237,73 @@ def data_section(cfg: Config, train_sps: float, args: argparse.Namespace) -> dic
             "data_mean_tokens": statistics.mean(lengths)}
 
 
+CACHE_COLUMNS = ("image_size", "batch_size", "bitfit_sps", "frozen_sps", "cached_sps",
+                 "cached_vs_bitfit", "cached_vs_frozen", "ceiling", "build_s_per_sample",
+                 "cache_bytes_per_sample")
+
+
+def cache_section(base: Config, num_classes: int, image_size: int, args: argparse.Namespace
+                  ) -> dict[str, Any]:
+    """Training samples/s of the same step three ways, bf16, same batch, interleaved.
+
+    ``bitfit``: the encoders' biases train (the full forward and backward); ``frozen``: the
+    encoders frozen, run in full; ``cached``: frozen, the prompts alone over the cached
+    keys and values (``mmcore.prompt_cache``). Also the cost of building the cache (one
+    recording forward) and its size, both per sample; ``ceiling`` is (L + K) / K.
+    """
+    from mmcore.prompt_cache import CachedCollator, SplitCache
+
+    cfg = base.replace(image_size=image_size, batch_size=args.batch_size,
+                       max_text_length=args.text_tokens, precision="bf16")
+    batch = synthetic_batch(args.batch_size, image_size, args.text_tokens, num_classes)
+    torch.manual_seed(0)
+    bitfit = build_model(cfg.replace(peft="bitfit"), num_classes, "multiclass")
+    torch.manual_seed(0)
+    frozen = build_model(cfg.replace(peft="frozen"), num_classes, "multiclass")
+    runners = {"bitfit": Runner(bitfit, "bf16"), "frozen": Runner(frozen, "bf16")}
+
+    def record() -> SplitCache:
+        with torch.no_grad(), precision_context("cpu", "bf16"):
+            _, image = frozen.image_encoder.forward_recording(batch.pixel_values)
+            _, text = frozen.text_encoder.forward_recording(batch.input_ids, batch.attention_mask)
+        return SplitCache(image, text, batch.has_image, batch.has_text, batch.labels, "bench")
+
+    build_s = statistics.median(seconds(record) for _ in range(args.steps))
+    cache = record()
+    cached_batch = CachedCollator(cache)(list(range(len(batch))))
+    steps = {name: (lambda r=r: r.train_step(batch)) for name, r in runners.items()}
+    steps["cached"] = lambda: runners["frozen"].train_step(cached_batch)
+    t = interleaved(steps, repeats=args.steps, warmup=args.warmup)
+    n = len(batch)
+    tokens = cache.image.keys.shape[2]
+    k = cfg.model.prompt_length
+    return {"image_size": image_size, "batch_size": n,
+            **{f"{name}_sps": n / t[name] for name in ("bitfit", "frozen", "cached")},
+            "cached_vs_bitfit": t["bitfit"] / t["cached"],
+            "cached_vs_frozen": t["frozen"] / t["cached"],
+            "ceiling": (tokens + k) / k, "build_s_per_sample": build_s / n,
+            "cache_bytes_per_sample": cache.nbytes() / n}
+
+
 # --- output -------------------------------------------------------------------------------
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
+def markdown(rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS) -> str:
     def fmt(v: Any) -> str:
         return f"{v:.3g}" if isinstance(v, float) else str(v)
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in COLUMNS) + " |" for r in rows]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 
-def save(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    """Print the table and write ``table.md`` and ``table.json`` (with the environment)."""
-    table = markdown(rows)
+def save(rows: list[dict[str, Any]], args: argparse.Namespace, name: str = "table",
+         columns: tuple[str, ...] = COLUMNS) -> None:
+    """Print the table and write ``<name>.md`` and ``<name>.json`` (with the environment)."""
+    table = markdown(rows, columns)
     print(table, flush=True)
-    (args.out / "table.md").write_text(table + "\n")
-    (args.out / "table.json").write_text(json.dumps(
-        {"environment": environment(args), "columns": list(COLUMNS), "rows": rows},
+    (args.out / f"{name}.md").write_text(table + "\n")
+    (args.out / f"{name}.json").write_text(json.dumps(
+        {"environment": environment(args), "columns": list(columns), "rows": rows},
         indent=2) + "\n")
 
 
@@ -290,6 +342,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sweep-repeats", type=int, default=2)
     p.add_argument("--data-samples", type=int, default=512)
     p.add_argument("--data-repeats", type=int, default=3)
+    p.add_argument("--cache-sizes", nargs="*", type=int, default=[112, 224],
+                   help="image sizes of the token-cache comparison (none: skip it)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="Config overrides for the fast variant, e.g. compile=true")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -300,6 +354,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.steps, args.warmup = 1, 1
         args.sweep_samples, args.sweep_repeats = 24, 1
         args.data_samples, args.data_repeats = 32, 1
+        args.cache_sizes = [56]
     return args
 
 
@@ -307,7 +362,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    base = Config().with_overrides(args.set)
+    base = Config().with_overrides(["peft=bitfit", *args.set])  # the paper's PEFT unless --set
     settings = {"offline": Setting("offline", True, args.batch_size, args.image_size,
                                    args.text_tokens),
                 "paper": Setting("paper", False, args.paper_batch_size, args.image_size,
@@ -332,6 +387,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         rows.append(row)
         del fast
         save(rows, args)  # after every preset, so an interrupted run keeps what it measured
+    cache_rows = []
+    for size in args.cache_sizes:
+        print(f"[cache] bitfit vs frozen vs cached training step, {size} px", flush=True)
+        cache_rows.append(cache_section(base, num_classes, size, args))
+        save(cache_rows, args, "cache", CACHE_COLUMNS)
     return rows
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -134,18 +135,24 @@ def _loader(cfg: Config, dataset: MultimodalDataset, train: bool, table: Missing
 
 
 def _frozen_embeddings(cfg: Config, model: FusionModel, dataset: MultimodalDataset,
-                       caches: dict[str, SplitCache]) -> tuple[Embeddings, Tensor]:
-    """A split's embeddings (real availability) and labels, as the model's encoders give them now."""
+                       caches: dict[str, SplitCache], table: MissingTable | None = None
+                       ) -> tuple[Embeddings, Tensor]:
+    """A split's embeddings and labels as the model's encoders give them now, with the
+    availability the split has in training (real, then ``table``'s, if given)."""
     if uses_token_cache(cfg):
         cache = caches[dataset.split]
         emb = Embeddings(*(None if c is None else c.embedding.float()
                            for c in (cache.image, cache.text)), None, None,
                          cache.has_image, cache.has_text)
-        return emb, cache.labels
-    device = resolve_device(cfg.run.device)
-    encoded = collect(model.to(device), _loader(cfg, dataset, False, None, model, caches),
-                      device, cfg.run.precision, cfg.run.progress)
-    return encoded.emb, encoded.labels
+        positions, labels = torch.arange(len(cache)), cache.labels
+    else:
+        device = resolve_device(cfg.run.device)
+        encoded = collect(model.to(device), _loader(cfg, dataset, False, None, model, caches),
+                          device, cfg.run.precision, cfg.run.progress)
+        emb, positions, labels = encoded.emb, encoded.index, encoded.labels
+    if table is not None:
+        emb.has_image, emb.has_text = table.apply(positions, emb.has_image, emb.has_text)
+    return emb, labels
 
 
 def train(cfg: Config, datasets: dict[str, MultimodalDataset] | None = None) -> Experiment:
@@ -172,7 +179,7 @@ def train(cfg: Config, datasets: dict[str, MultimodalDataset] | None = None) -> 
         # mean fills and closed-form starts need the frozen embeddings: free from a token
         # cache, one encoding pass of train and val otherwise
         if fit or cfg.model.fill == "mean" or uses_token_cache(cfg):
-            train_emb, val_emb = (_frozen_embeddings(cfg, model, ds, caches)
+            train_emb, val_emb = (_frozen_embeddings(cfg, model, ds, caches, tables[ds.split])
                                   for ds in (train_ds, val_ds))
             fits = initialise_from_probes(model, *train_emb, *val_emb, fit=fit)
             if fits and distributed_env().is_main:

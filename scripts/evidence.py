@@ -1,89 +1,150 @@
-"""The method comparison: ours vs the CLS-token predictor vs dummy and zero fill, at eta = 0.7.
+"""The method comparison at eta = 0.7, over training seeds, with predictor quality and convergence.
 
-For each task and training setting, each method is trained once (load-or-train, so a rerun
-only fills what is missing) and its test split is encoded once; every missing type is then
-scored on three seeded missing tables. Mean and std are over those table seeds; training
-uses one seed (``--seed``), which the table says.
+For each dataset, task, training setting and training seed, every method is trained once
+(load-or-train: a rerun only fills in what is missing) and its test split encoded once;
+each missing type is then scored on three seeded missing tables. A training seed's score
+is the mean over its table seeds; the table reports mean +- std over training seeds and
+the paired difference ours - CLS (same seed, same tables).
 
-    python scripts/evidence.py                       # the full default-data comparison
-    python scripts/evidence.py --limit 512 --epochs 2   # a reduced budget, stated in the output
+Methods: ``ours`` (prompts -> predictor), ``cls`` (the CLS embedding -> predictor),
+``frozen`` (frozen encoders, logistic heads and ridge predictors in closed form: the
+yardstick), and one alpha = 0 model (no predictor trained, fill "mean") scored with the
+mean, zero and dummy fills. Under missing training the model of each missing type is
+trained with that type (the protocol); ``--missing-types`` narrows that for a budget.
+
+    python scripts/evidence.py                                   # everything below
+    python scripts/evidence.py --datasets clipart --tasks category --settings complete
 """
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
+import time
 from pathlib import Path
 
 from mmcore.config import Config
 from mmcore.experiment import method_config, run
 from mmcore.metrics import metric_for
+from mmcore.sweep import predictor_report
 
 RATE = 0.7
 TYPES = ("both", "image", "text")
-SEEDS = (0, 1, 2)
+TABLE_SEEDS = (0, 1, 2)
+DATA = {"clipart": ("data/openclipart", ("category", "keywords")), "emoji": ("data/emoji", ("auto",))}
+# (method whose model is trained, fill it is scored with, name in the table)
+PLANS = (("ours", None, "ours"), ("cls", None, "cls"), ("frozen", None, "frozen"),
+         ("mean", "mean", "mean"), ("mean", "zero", "zero"), ("mean", "dummy", "dummy"))
+
+
+def converged(history: list[dict], metric: str) -> dict[str, float]:
+    """The validation curve's last epochs: best epoch, and the change over the last third."""
+    values = [r[f"val_{metric}"] for r in history if f"val_{metric}" in r]
+    tail = values[-max(2, len(values) // 3):]
+    return {"best_epoch": max(range(len(values)), key=values.__getitem__),
+            "val_first": values[0], "val_last": values[-1],
+            "val_tail_change": tail[-1] - tail[0]}
+
+
+def one_setting(args: argparse.Namespace, dataset: str, task: str, setting: str,
+                missing_type: str, seed: int) -> list[dict]:
+    root, _ = DATA[dataset]
+    out = args.out / dataset / task / setting / missing_type / f"seed{seed}"
+    base = Config.from_params(dataset=dataset, data_root=root, task=task, missing_train=setting,
+                              missing_rate=RATE, missing_type=missing_type, seed=seed,
+                              epochs=args.epochs, progress=False, out_dir=str(out))
+    types = TYPES if setting == "complete" else (missing_type,)
+    rows, predictors = [], []
+    for method, fill, name in PLANS:
+        tic = time.perf_counter()
+        exp = run(method_config(base, method), rates=(RATE,), types=types, seeds=TABLE_SEEDS,
+                  fills=(fill,))
+        seconds = time.perf_counter() - tic
+        metric = metric_for(exp.task_type).name
+        if fill in (None, "mean"):  # one report per trained model
+            final = json.loads((exp.run_dir / "final.json").read_text())
+            rows.append({"kind": "run", "dataset": dataset, "task": task, "setting": setting,
+                         "trained_type": missing_type, "method": method, "seed": seed,
+                         "seconds": seconds, "epochs": final["epochs"],
+                         **converged(exp.result.history, metric)})
+            if method in ("ours", "cls", "frozen") and setting == "complete":
+                for r in predictor_report(exp.model, exp.encode("test"), exp.task_type):
+                    predictors.append({"kind": "predictor", "dataset": dataset, "task": task,
+                                       "method": method, "seed": seed, **r})
+        for t in types:
+            values = [r[metric] for r in exp.sweep_rows if r["missing_type"] == t]
+            rows.append({"kind": "score", "dataset": dataset, "task": task, "setting": setting,
+                         "missing_type": t, "method": name, "seed": seed, "metric": metric,
+                         "value": statistics.mean(values)})
+    return rows + predictors
+
+
+def summarise(rows: list[dict]) -> str:
+    """Markdown: mean +- std over training seeds, the paired ours - cls difference, predictors."""
+    scores = [r for r in rows if r["kind"] == "score"]
+    methods = [p[2] for p in PLANS]
+    lines = ["| dataset | task | training | missing | " + " | ".join(methods) + " | ours - cls |",
+             "|" + "---|" * (len(methods) + 5)]
+    for key in sorted({(r["dataset"], r["task"], r["setting"], r["missing_type"]) for r in scores}):
+        cells, by_seed = [], {}
+        for method in methods:
+            hit = {r["seed"]: r["value"] for r in scores
+                   if (r["dataset"], r["task"], r["setting"], r["missing_type"]) == key
+                   and r["method"] == method}
+            by_seed[method] = hit
+            cells.append(_pm(list(hit.values())))
+        paired = [by_seed["ours"][s] - by_seed["cls"][s] for s in by_seed["ours"]
+                  if s in by_seed["cls"]]
+        lines.append("| " + " | ".join(key) + " | " + " | ".join(cells) + f" | {_pm(paired)} |")
+    preds = [r for r in rows if r["kind"] == "predictor"]
+    if preds:
+        head = next(k for k in preds[0] if k.endswith("_predicted")).removesuffix("_predicted")
+        lines += ["", "| dataset | task | method | direction | R^2 | cosine | median rank "
+                  f"(chance) | {head} fed truth | fed prediction | fed mean |", "|" + "---|" * 10]
+        for key in sorted({(r["dataset"], r["task"], r["method"], r["direction"]) for r in preds}):
+            hit = [r for r in preds if (r["dataset"], r["task"], r["method"], r["direction"]) == key]
+            lines.append("| " + " | ".join(key) + " | " + " | ".join([
+                _pm([r["r2"] for r in hit], 1), _pm([r["cosine"] for r in hit], 1),
+                f"{statistics.mean(r['median_rank'] for r in hit):.0f} ({hit[0]['chance_rank']:.0f})",
+                _pm([r[f"{head}_true"] for r in hit]), _pm([r[f"{head}_predicted"] for r in hit]),
+                _pm([r[f"{head}_mean"] for r in hit])]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _pm(values: list[float], scale: float = 100.0) -> str:
+    if not values:
+        return "-"
+    digits = 1 if scale == 100.0 else 3
+    spread = statistics.stdev(values) * scale if len(values) > 1 else 0.0
+    return f"{statistics.mean(values) * scale:.{digits}f} ± {spread:.{digits}f}"
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tasks", nargs="+", default=["category", "keywords"])
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", nargs="+", default=list(DATA), choices=list(DATA))
+    p.add_argument("--tasks", nargs="+", default=None, help="clipart tasks (default: both)")
     p.add_argument("--settings", nargs="+", default=["complete", "missing"])
-    p.add_argument("--limit", type=int, default=0, help="limit_samples per split (0 = all)")
-    p.add_argument("--epochs", type=int, default=Config().optim.epochs)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--missing-types", nargs="+", default=list(TYPES),
-                   help="types trained in the missing-training setting (one model per type)")
+                   help="types trained under missing training (one model per type)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds")
+    p.add_argument("--epochs", type=int, default=Config().optim.epochs)
     p.add_argument("--out", type=Path, default=Path("runs/evidence"))
     args = p.parse_args()
 
-    table = []
-    for task in args.tasks:
-        for setting in args.settings:
-            # complete training: zero and dummy fill share one alpha=0 model, scored with both
-            # fills; missing training: the fill shapes training, so each gets its own model
-            plans = ([("ours", None), ("cls", None), ("zero", "zero"), ("zero", "dummy")]
-                     if setting == "complete" else
-                     [("ours", None), ("cls", None), ("zero", None), ("dummy", None)])
-            for method, fill in plans:
+    rows: list[dict] = []
+    for dataset in args.datasets:
+        for task in (args.tasks if args.tasks and dataset == "clipart" else DATA[dataset][1]):
+            for setting in args.settings:
                 for missing_type in (args.missing_types if setting == "missing" else ("both",)):
-                    base = Config.from_params(task=task, missing_train=setting, missing_rate=RATE,
-                                              missing_type=missing_type, limit_samples=args.limit,
-                                              epochs=args.epochs, seed=args.seed, progress=False,
-                                              out_dir=str(args.out / task / setting / missing_type))
-                    cfg = method_config(base, method)
-                    # complete training does not depend on the type: score every type from it
-                    types = TYPES if setting == "complete" else (missing_type,)
-                    exp = run(cfg, rates=(RATE,), types=types, seeds=SEEDS, fills=(fill,))
-                    metric = metric_for(exp.task_type).name
-                    for t in types:
-                        values = [r[metric] for r in exp.sweep_rows if r["missing_type"] == t]
-                        table.append({"task": task, "setting": setting,
-                                      "method": fill if fill == "dummy" else method,
-                                      "missing_type": t, "metric": metric,
-                                      "mean": statistics.mean(values),
-                                      "std": statistics.stdev(values), "n_table_seeds": len(values)})
-                        print(json.dumps(table[-1]), flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    budget = {"limit_samples": args.limit, "epochs": args.epochs, "train_seed": args.seed,
-              "missing_rate": RATE, "table_seeds": list(SEEDS)}
-    (args.out / "table.json").write_text(json.dumps({"budget": budget, "rows": table}, indent=2))
-    print(markdown(table, budget))
-    (args.out / "table.md").write_text(markdown(table, budget))
-
-
-def markdown(rows: list[dict], budget: dict) -> str:
-    lines = [f"Budget: {budget}", "",
-             "| task | setting | missing | " + " | ".join(["ours", "cls", "dummy", "zero"]) + " |",
-             "|---|---|---|---|---|---|---|"]
-    keys = sorted({(r["task"], r["setting"], r["missing_type"]) for r in rows})
-    for task, setting, t in keys:
-        cells = []
-        for method in ("ours", "cls", "dummy", "zero"):
-            hit = [r for r in rows if (r["task"], r["setting"], r["missing_type"], r["method"])
-                   == (task, setting, t, method)]
-            cells.append(f"{100 * hit[0]['mean']:.1f} ± {100 * hit[0]['std']:.1f}" if hit else "-")
-        lines.append(f"| {task} | {setting} | {t} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+                    for seed in args.seeds:
+                        rows += one_setting(args, dataset, task, setting, missing_type, seed)
+                        print(json.dumps(rows[-1]), flush=True)
+                        args.out.mkdir(parents=True, exist_ok=True)
+                        (args.out / "rows.json").write_text(json.dumps(rows, indent=1))
+    table = summarise(rows)
+    (args.out / "table.md").write_text(table)
+    print(table)
 
 
 if __name__ == "__main__":
