@@ -16,6 +16,7 @@ samples' ids and precision), so a stale cache is never read; a cache larger than
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -167,7 +168,18 @@ def save_split_cache(cache: SplitCache, folder: Path) -> None:
 
 
 def load_split_cache(folder: Path, memory_budget_bytes: float) -> SplitCache | None:
-    """The cache in ``folder``, in memory if it fits the budget, else memory-mapped; None if absent."""
+    """The cache in ``folder``, in memory if it fits the budget, else memory-mapped; None if absent.
+
+    The last few caches read stay loaded for the process (a notebook or a script trains
+    several models on the same split); they are read-only, so sharing them is safe.
+    """
+    return _load_split_cache(folder.resolve(), memory_budget_bytes,
+                             (folder / "meta.json").stat().st_mtime_ns
+                             if (folder / "meta.json").exists() else 0)
+
+
+@functools.lru_cache(maxsize=6)
+def _load_split_cache(folder: Path, memory_budget_bytes: float, stamp: int) -> SplitCache | None:
     meta_path = folder / "meta.json"
     if not meta_path.exists():
         return None

@@ -32,9 +32,11 @@ RATE = 0.7
 TYPES = ("both", "image", "text")
 TABLE_SEEDS = (0, 1, 2)
 DATA = {"clipart": ("data/openclipart", ("category", "keywords")), "emoji": ("data/emoji", ("auto",))}
-# (method whose model is trained, fill it is scored with, name in the table)
-PLANS = (("ours", None, "ours"), ("cls", None, "cls"), ("frozen", None, "frozen"),
-         ("mean", "mean", "mean"), ("mean", "zero", "zero"), ("mean", "dummy", "dummy"))
+# method trained -> the fills it is scored with (None: its own); the alpha = 0 model "mean"
+# trains no predictor and is scored with each constant fill
+PLANS: dict[str, tuple[str | None, ...]] = {"ours": (None,), "cls": (None,), "frozen": (None,),
+                                            "mean": ("mean", "zero", "dummy")}
+NAMES = ("ours", "cls", "frozen", "mean", "zero", "dummy")  # table columns
 
 
 def converged(history: list[dict], metric: str) -> dict[str, float]:
@@ -55,34 +57,36 @@ def one_setting(args: argparse.Namespace, dataset: str, task: str, setting: str,
                               epochs=args.epochs, progress=False, out_dir=str(out))
     types = TYPES if setting == "complete" else (missing_type,)
     rows, predictors = [], []
-    for method, fill, name in PLANS:
+    for method, fills in PLANS.items():
         tic = time.perf_counter()
         exp = run(method_config(base, method), rates=(RATE,), types=types, seeds=TABLE_SEEDS,
-                  fills=(fill,))
+                  fills=fills)
         seconds = time.perf_counter() - tic
         metric = metric_for(exp.task_type).name
-        if fill in (None, "mean"):  # one report per trained model
-            final = json.loads((exp.run_dir / "final.json").read_text())
-            rows.append({"kind": "run", "dataset": dataset, "task": task, "setting": setting,
-                         "trained_type": missing_type, "method": method, "seed": seed,
-                         "seconds": seconds, "epochs": final["epochs"],
-                         **converged(exp.result.history, metric)})
-            if method in ("ours", "cls", "frozen") and setting == "complete":
-                for r in predictor_report(exp.model, exp.encode("test"), exp.task_type):
-                    predictors.append({"kind": "predictor", "dataset": dataset, "task": task,
-                                       "method": method, "seed": seed, **r})
-        for t in types:
-            values = [r[metric] for r in exp.sweep_rows if r["missing_type"] == t]
-            rows.append({"kind": "score", "dataset": dataset, "task": task, "setting": setting,
-                         "missing_type": t, "method": name, "seed": seed, "metric": metric,
-                         "value": statistics.mean(values)})
+        final = json.loads((exp.run_dir / "final.json").read_text())
+        rows.append({"kind": "run", "dataset": dataset, "task": task, "setting": setting,
+                     "trained_type": missing_type, "method": method, "seed": seed,
+                     "seconds": seconds, "epochs": final["epochs"],
+                     **converged(exp.result.history, metric)})
+        if method in ("ours", "cls", "frozen") and setting == "complete":
+            for r in predictor_report(exp.model, exp.encode("test"), exp.task_type):
+                predictors.append({"kind": "predictor", "dataset": dataset, "task": task,
+                                   "method": method, "seed": seed, **r})
+        for fill in fills:
+            name = fill or method
+            for t in types:
+                values = [r[metric] for r in exp.sweep_rows
+                          if r["missing_type"] == t and r["fill"] == (fill or exp.cfg.model.fill)]
+                rows.append({"kind": "score", "dataset": dataset, "task": task,
+                             "setting": setting, "missing_type": t, "method": name,
+                             "seed": seed, "metric": metric, "value": statistics.mean(values)})
     return rows + predictors
 
 
 def summarise(rows: list[dict]) -> str:
     """Markdown: mean +- std over training seeds, the paired ours - cls difference, predictors."""
     scores = [r for r in rows if r["kind"] == "score"]
-    methods = [p[2] for p in PLANS]
+    methods = list(NAMES)
     lines = ["| dataset | task | training | missing | " + " | ".join(methods) + " | ours - cls |",
              "|" + "---|" * (len(methods) + 5)]
     for key in sorted({(r["dataset"], r["task"], r["setting"], r["missing_type"]) for r in scores}):
