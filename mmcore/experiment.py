@@ -50,6 +50,13 @@ METHODS: dict[str, dict[str, object]] = {
 SPLITS = ("train", "val", "test")
 
 
+# The comparison every chapter and the evidence script make: each method trained once,
+# scored with these fills (None: its own); the alpha = 0 model "mean" trains no predictor
+# and is scored with each constant fill, under the fill's name.
+COMPARED: dict[str, tuple[str | None, ...]] = {
+    "ours": (None,), "cls": (None,), "frozen": (None,), "mean": ("mean", "zero", "dummy")}
+
+
 def method_config(cfg: Config, method: str) -> Config:
     """``cfg`` changed into one of ``METHODS``, with its own run folder under ``out_dir``."""
     if method not in METHODS:
@@ -223,6 +230,23 @@ def run(cfg: Config, rates: Sequence[float] = DEFAULT_RATES,
     write_json(saved, {"grid": grid, "rows": exp.sweep_rows})
     write_csv(exp.run_dir / "sweep.csv", exp.sweep_rows)
     return exp
+
+
+def compare(cfg: Config, rates: Sequence[float] = DEFAULT_RATES,
+            types: Sequence[str] = MISSING_TYPES, seeds: Sequence[int] = DEFAULT_SEEDS
+            ) -> tuple[list[dict], dict[str, Experiment]]:
+    """Every method of ``COMPARED`` on ``cfg``'s data, each in its own run folder.
+
+    Returns:
+        Tidy sweep rows with a "method" column (a constant fill's rows carry the fill's
+        name), and the experiments by trained method.
+    """
+    rows, experiments = [], {}
+    for method, fills in COMPARED.items():
+        exp = experiments[method] = run(method_config(cfg, method), rates, types, seeds, fills)
+        rows += [{**r, "method": method if fills == (None,) else r["fill"]}
+                 for r in exp.sweep_rows]
+    return rows, experiments
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:

@@ -179,6 +179,7 @@ class FusionModel(nn.Module):
                 di, dt, predictor_hidden, predictor_layers)
             self.predictors["text_to_image"] = FeaturePredictor(
                 dt, di, predictor_hidden, predictor_layers)
+        self._dummy_embeddings: dict[str, Tensor] = {}
         for name, encoder in (("image", image_encoder), ("text", text_encoder)):
             if encoder is not None:  # the training split's mean embedding (fill "mean")
                 self.register_buffer(f"mean_{name}", torch.zeros(encoder.embed_dim),
@@ -197,6 +198,8 @@ class FusionModel(nn.Module):
         """Train mode everywhere except in encoders without trainable weights besides the
         prompts: a frozen encoder stays deterministic (no dropout), as its cache assumes."""
         super().train(mode)
+        if mode:
+            self._dummy_embeddings.clear()
         for encoder in (self.image_encoder, self.text_encoder):
             if encoder is not None and not _has_trainable_weights(encoder):
                 encoder.eval()
@@ -321,15 +324,25 @@ class FusionModel(nn.Module):
         return self.heads[modality](x, pre_logits=pre_logits)
 
     def dummy_embedding(self, modality: str) -> Tensor:
-        """The encoder's (1, D) embedding of MAP's dummy input: an all-ones image, an empty text."""
+        """The encoder's (1, D) embedding of MAP's dummy input: an all-ones image, an empty text.
+
+        In evaluation mode it is computed once and kept (a sweep scores the dummy fill at
+        every rate and seed); ``train()`` forgets it, since training may change the encoder.
+        """
+        if not self.training and modality in self._dummy_embeddings:
+            return self._dummy_embeddings[modality]
         if modality == "image":
             param = next(self.image_encoder.parameters())
             ones = torch.ones(1, 3, self.image_size, self.image_size, device=param.device)
-            return self.image_encoder(ones).embedding
-        if self.dummy_input_ids is None:
+            embedding = self.image_encoder(ones).embedding
+        elif self.dummy_input_ids is None:
             raise ValueError("model.fill='dummy' needs the empty text's token ids; "
                              "pass dummy_text to FusionModel (build_model does)")
-        return self.text_encoder(self.dummy_input_ids, self.dummy_attention_mask).embedding
+        else:
+            embedding = self.text_encoder(self.dummy_input_ids, self.dummy_attention_mask).embedding
+        if not self.training:
+            self._dummy_embeddings[modality] = embedding.detach()
+        return embedding
 
     # --- training -------------------------------------------------------------------------
 

@@ -259,6 +259,56 @@ def live_slider(
     return widgets.interactive(lambda value: render(value), value=slider)
 
 
+def stacked_choice_slider(
+    render: Callable[[Any, Any], None], choices: Sequence[Any], values: Sequence[Any],
+    choice_description: str, description: str,
+) -> widgets.VBox:
+    """A slider and a row of buttons that together pick ``render(choice, value)``, kernel-free.
+
+    One ``Stack`` per choice holds a pre-rendered ``Output`` per slider value; the slider
+    is ``jslink``ed to every inner stack's index and the buttons to the outer stack's, so
+    both work in a static page. Returns ``VBox([slider, buttons, stack])``.
+    """
+    if not choices or not values:
+        raise ValueError("stacked_choice_slider: give at least one choice and one value")
+    slider = widgets.SelectionSlider(options=list(values), index=0, description=description,
+                                     style={"description_width": "initial"})
+    buttons = widgets.ToggleButtons(options=[str(c) for c in choices], index=0,
+                                    description=choice_description,
+                                    style={"description_width": "initial"})
+    inner = []
+    for choice in choices:
+        pages = []
+        for value in values:
+            out = widgets.Output()
+            with out:
+                render(choice, value)
+            pages.append(out)
+        stack = widgets.Stack(pages, selected_index=0)
+        widgets.jslink((slider, "index"), (stack, "selected_index"))
+        inner.append(stack)
+    outer = widgets.Stack(inner, selected_index=0)
+    widgets.jslink((buttons, "index"), (outer, "selected_index"))
+    return widgets.VBox([slider, buttons, outer])
+
+
+def describe_difference(values: Sequence[float], unit: str = "points",
+                        names: tuple[str, str] = ("ours", "the baseline")) -> str:
+    """A sentence on paired differences ``a - b``: its sign and size against its spread.
+
+    "level with" when the mean difference is within one standard deviation of zero, so a
+    take-away computed with it cannot claim more than the numbers hold.
+    """
+    values = np.asarray(list(values), dtype=float)
+    mean = float(values.mean())
+    sd = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    a, b = names
+    if abs(mean) <= sd or abs(mean) < 0.05:
+        return f"{a} is level with {b} ({mean:+.1f} {unit}, sd {sd:.1f})"
+    side = "ahead of" if mean > 0 else "behind"
+    return f"{a} is {side} {b} by {abs(mean):.1f} {unit} (sd {sd:.1f} over {len(values)})"
+
+
 # --- embeddings: UMAP and nearest neighbours --------------------------------------------------
 
 

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from mmcore.config import Config
-from mmcore.experiment import method_config, run
+from mmcore.experiment import COMPARED, method_config, run
 from mmcore.metrics import metric_for
 from mmcore.sweep import predictor_report
 
@@ -32,10 +32,6 @@ RATE = 0.7
 TYPES = ("both", "image", "text")
 TABLE_SEEDS = (0, 1, 2)
 DATA = {"clipart": ("data/openclipart", ("category", "keywords")), "emoji": ("data/emoji", ("auto",))}
-# method trained -> the fills it is scored with (None: its own); the alpha = 0 model "mean"
-# trains no predictor and is scored with each constant fill
-PLANS: dict[str, tuple[str | None, ...]] = {"ours": (None,), "cls": (None,), "frozen": (None,),
-                                            "mean": ("mean", "zero", "dummy")}
 NAMES = ("ours", "cls", "frozen", "mean", "zero", "dummy")  # table columns
 
 
@@ -57,7 +53,7 @@ def one_setting(args: argparse.Namespace, dataset: str, task: str, setting: str,
                               epochs=args.epochs, progress=False, out_dir=str(out))
     types = TYPES if setting == "complete" else (missing_type,)
     rows, predictors = [], []
-    for method, fills in PLANS.items():
+    for method, fills in COMPARED.items():
         tic = time.perf_counter()
         exp = run(method_config(base, method), rates=(RATE,), types=types, seeds=TABLE_SEEDS,
                   fills=fills)
