@@ -329,7 +329,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true",
                    help="smoke run: tiny batches, one timed step, a few real samples")
-    p.add_argument("--presets", nargs="+", default=["offline", "paper"],
+    p.add_argument("--presets", nargs="*", default=["offline", "paper"],
                    choices=["offline", "paper"])
     p.add_argument("--batch-size", type=int, default=32, help="offline preset")
     p.add_argument("--paper-batch-size", type=int, default=8, help="paper preset (random init)")

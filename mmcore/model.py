@@ -34,7 +34,7 @@ from torch import Tensor
 from mmcore.config import Config, LossConfig, ModelConfig
 from mmcore.data.base import Batch, TaskType
 from mmcore.losses import alignment_loss, task_loss
-from mmcore.prompts import ReadOnlyPrompts
+from mmcore.prompts import prompt_parameters
 
 if TYPE_CHECKING:
     from mmcore.encoders import EncoderOutput
@@ -369,7 +369,7 @@ class FusionModel(nn.Module):
 
 
 def _has_trainable_weights(encoder: nn.Module) -> bool:
-    prompts = {id(p) for p in _prompt_parameters(encoder)}
+    prompts = {id(p) for p in prompt_parameters(encoder)}
     return any(p.requires_grad and id(p) not in prompts for p in encoder.parameters())
 
 
@@ -468,7 +468,7 @@ def parameter_report(model: FusionModel) -> dict[str, tuple[int, int]]:
                           ("text_encoder", model.text_encoder)):
         if encoder is None:
             continue
-        prompts = {id(p) for p in _prompt_parameters(encoder)}
+        prompts = {id(p) for p in prompt_parameters(encoder)}
         for p in encoder.parameters():
             groups["prompts" if id(p) in prompts else name].append(p)
     groups["predictors"] = list(model.predictors.parameters())
@@ -476,11 +476,6 @@ def parameter_report(model: FusionModel) -> dict[str, tuple[int, int]]:
     groups["all"] = list(model.parameters())
     return {part: (sum(p.numel() for p in ps if p.requires_grad), sum(p.numel() for p in ps))
             for part, ps in groups.items()}
-
-
-def _prompt_parameters(encoder: nn.Module) -> list[nn.Parameter]:
-    return [p for module in encoder.modules() if isinstance(module, ReadOnlyPrompts)
-            for p in module.parameters()]
 
 
 def _empty_text(model_cfg: ModelConfig) -> tuple[Tensor, Tensor]:

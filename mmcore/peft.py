@@ -10,7 +10,7 @@ from typing import Literal
 
 import torch.nn as nn
 
-from mmcore.prompts import ReadOnlyPrompts
+from mmcore.prompts import prompt_parameters
 
 PeftMode = Literal["bitfit", "frozen", "layernorm", "full", "lora"]
 PEFT_MODES: tuple[str, ...] = ("bitfit", "frozen", "layernorm", "full", "lora")
@@ -36,8 +36,7 @@ def apply_peft(module: nn.Module, mode: PeftMode, lora_rank: int = 8) -> nn.Modu
         _inject_lora(module, lora_rank)
     layernorm_params = {id(p) for m in module.modules() if isinstance(m, nn.LayerNorm)
                         for p in m.parameters(recurse=False)}
-    prompt_params = {id(p) for m in module.modules() if isinstance(m, ReadOnlyPrompts)
-                     for p in m.parameters()}
+    prompt_params = {id(p) for p in prompt_parameters(module)}
     for name, param in module.named_parameters():
         if id(param) in prompt_params:
             param.requires_grad_(True)
@@ -74,21 +73,4 @@ def _inject_lora(module: nn.Module, rank: int) -> None:
     inject_adapter_in_model(config, module)
 
 
-def parameter_counts(module: nn.Module) -> dict[str, dict[str, int]]:
-    """Trainable and total parameter counts per direct child, plus ``"all"``.
-
-    Returns:
-        ``{child_name: {"trainable": n, "total": m}, ..., "all": {...}}``; parameters
-        registered on ``module`` itself are counted under ``"(self)"``.
-    """
-    counts: dict[str, dict[str, int]] = {}
-    for name, param in module.named_parameters():
-        part = name.split(".", 1)[0] if "." in name else "(self)"
-        entry = counts.setdefault(part, {"trainable": 0, "total": 0})
-        entry["total"] += param.numel()
-        entry["trainable"] += param.numel() if param.requires_grad else 0
-    counts["all"] = {key: sum(c[key] for c in counts.values()) for key in ("trainable", "total")}
-    return counts
-
-
-__all__ = ["PEFT_MODES", "PeftMode", "apply_peft", "attention_projections", "parameter_counts"]
+__all__ = ["PEFT_MODES", "PeftMode", "apply_peft", "attention_projections"]

@@ -53,6 +53,11 @@ class ReadOnlyPrompts(nn.Module):
         return self.tokens.unsqueeze(0).expand(batch_size, -1, -1)
 
 
+def prompt_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """The parameters of every ``ReadOnlyPrompts`` inside ``module`` (they always train)."""
+    return [p for m in module.modules() if isinstance(m, ReadOnlyPrompts) for p in m.parameters()]
+
+
 def read_only_mask(num_tokens: int, num_prompts: int, prompts_see_each_other: bool,
                    key_padding_mask: Tensor | None = None, device: torch.device | None = None
                    ) -> Tensor:

@@ -69,7 +69,7 @@ from mmcore.config import Config, OptimConfig
 from mmcore.data.base import TaskType
 from mmcore.metrics import compute_metrics, metric_for
 from mmcore.model import precision_context
-from mmcore.prompts import ReadOnlyPrompts
+from mmcore.prompts import prompt_parameters
 
 EvaluateFn = Callable[[nn.Module, DataLoader], dict[str, float]]
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # stop after the current optimiser step
@@ -207,8 +207,7 @@ def param_groups(model: nn.Module, optim: OptimConfig) -> list[dict[str, Any]]:
     ``optim.encoder_lr``, everything else at ``optim.lr``. Biases, norm weights (every
     parameter of fewer than 2 dimensions) and prompts get no weight decay.
     """
-    prompts = {id(p) for m in model.modules() if isinstance(m, ReadOnlyPrompts)
-               for p in m.parameters()}
+    prompts = {id(p) for p in prompt_parameters(model)}
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {
         (enc, decay): [] for enc in (True, False) for decay in (True, False)}
     for name, p in model.named_parameters():

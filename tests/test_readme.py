@@ -22,6 +22,11 @@ NOT_RUN = {
     "make book": "builds the whole book; the notebook and site tests cover it",
     "make test": "is this test suite",
     "make lab": "starts a JupyterLab server that waits for a browser",
+    "python -m mmcore train --config configs/offline.yaml": "the full default training (token "
+                                                            "cache, 6 epochs: minutes); the "
+                                                            "notebook tests run it small",
+    "python scripts/evidence.py": "trains every method x 3 seeds x 2 datasets (about two hours "
+                                  "on 2 cores); its table is in the README",
     "python -m mmcore train --config configs/mmimdb.yaml": "needs a GPU and MM-IMDb in /data",
     "python -m mmcore train --config configs/food101.yaml": "needs a GPU, Food-101 in /data "
                                                             "and the paper's weights in /weights",
