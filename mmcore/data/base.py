@@ -8,6 +8,7 @@ simulated missingness (the protocol's table) travel the same path: ``has_image``
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -84,3 +85,21 @@ class Batch:
 
     def __len__(self) -> int:
         return self.index.shape[0]
+
+
+def read_metadata(path: Path, required: Sequence[str]) -> list[dict]:
+    """The records of a committed dataset's JSONL metadata; a bad line names file and line."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+            missing = [k for k in required if k not in row]
+            if missing:
+                raise ValueError(f"{path}:{number}: missing field {missing[0]!r}")
+            rows.append(row)
+    return rows

@@ -15,11 +15,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mmcore.data.base import MultimodalDataset, Sample, TaskType
+from mmcore.data.base import MultimodalDataset, Sample, TaskType, read_metadata
 
 TASKS: dict[str, TaskType] = {"category": "multiclass", "keywords": "multilabel"}
 SPLITS = ("train", "val", "test")
 METADATA = "metadata.jsonl"
+REQUIRED = ("id", "image", "text", "category", "keywords", "split")  # fields of a metadata line
 CLASSES = "classes.json"
 _REBUILD = "rebuild it with `python scripts/build_clipart.py --out {root}`"
 
@@ -52,7 +53,7 @@ def load_clipart(root: str | Path, task: str, split: str) -> MultimodalDataset:
     classes = json.loads((root / CLASSES).read_text())[task]
     index = {name: i for i, name in enumerate(classes)}
     samples = []
-    for row in _read_rows(root / METADATA):
+    for row in read_metadata(root / METADATA, REQUIRED):
         if row["split"] != split:
             continue
         names = [row["category"]] if task == "category" else row["keywords"]
@@ -69,24 +70,6 @@ def load_clipart(root: str | Path, task: str, split: str) -> MultimodalDataset:
             label=tuple(sorted(index[n] for n in names)),
         ))
     return MultimodalDataset(samples, classes, TASKS[task], name="clipart", split=split)
-
-
-def _read_rows(path: Path) -> list[dict]:
-    required = ("id", "image", "text", "category", "keywords", "split")
-    rows = []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-            missing = [k for k in required if k not in row]
-            if missing:
-                raise ValueError(f"{path}:{number}: missing field {missing[0]!r}")
-            rows.append(row)
-    return rows
 
 
 __all__ = ["load_clipart", "TASKS", "SPLITS"]

@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mmcore.data.base import MultimodalDataset, Sample
+from mmcore.data.base import MultimodalDataset, Sample, read_metadata
 
 SPLITS = ("train", "val", "test")
 METADATA = "metadata.jsonl"
+REQUIRED = ("id", "image", "text", "category", "split")  # fields of a metadata line
 CLASSES = "classes.json"
 _REBUILD = "rebuild it with `python scripts/build_emoji.py --out {root}`"
 
@@ -47,7 +48,7 @@ def load_emoji(root: str | Path, split: str) -> MultimodalDataset:
     classes = json.loads((root / CLASSES).read_text())["category"]
     index = {name: i for i, name in enumerate(classes)}
     samples = []
-    for row in _read_rows(root / METADATA):
+    for row in read_metadata(root / METADATA, REQUIRED):
         if row["split"] != split:
             continue
         if row["category"] not in index:
@@ -56,24 +57,6 @@ def load_emoji(root: str | Path, split: str) -> MultimodalDataset:
         samples.append(Sample(id=row["id"], image=root / row["image"],
                               text=row["text"] or None, label=(index[row["category"]],)))
     return MultimodalDataset(samples, classes, "multiclass", name="emoji", split=split)
-
-
-def _read_rows(path: Path) -> list[dict]:
-    required = ("id", "image", "text", "category", "split")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-            missing = [k for k in required if k not in row]
-            if missing:
-                raise ValueError(f"{path}:{number}: missing field {missing[0]!r}")
-            rows.append(row)
-    return rows
 
 
 __all__ = ["load_emoji", "SPLITS"]
