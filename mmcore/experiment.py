@@ -148,8 +148,11 @@ def _frozen_embeddings(cfg: Config, model: FusionModel, dataset: MultimodalDatas
     availability the split has in training (real, then ``table``'s, if given)."""
     if uses_token_cache(cfg):
         cache = caches[dataset.split]
-        emb = Embeddings(*(None if c is None else c.embedding.float()
-                           for c in (cache.image, cache.text)), None, None,
+        # a modality no row of the split has was never encoded: zeros, marked absent
+        emb = Embeddings(*(None if encoder is None else c.embedding.float() if c is not None
+                           else torch.zeros(len(cache), encoder.embed_dim)
+                           for c, encoder in ((cache.image, model.image_encoder),
+                                              (cache.text, model.text_encoder))), None, None,
                          cache.has_image, cache.has_text)
         positions, labels = torch.arange(len(cache)), cache.labels
     else:

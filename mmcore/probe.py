@@ -114,13 +114,18 @@ def initialise_from_probes(model: FusionModel, train: Embeddings, train_labels: 
         The validation score of each fit (``head_image``, ``ridge_text_to_image``, ...).
     """
     report: dict[str, float] = {}
-    model.set_fill_means(*(_rows(train, train_labels, m)[0].mean(0) if m in model.heads
-                           else None for m in ("image", "text")))
+    means = {m: _rows(train, train_labels, m)[0] for m in model.heads}
+    model.set_fill_means(*(means[m].mean(0) if m in means and len(means[m]) else None
+                           for m in ("image", "text")))
     if not fit:
         return report
     for modality in model.heads:
         x, y = _rows(train, train_labels, modality)
+        if len(x) == 0:  # no training row has this modality: nothing to fit
+            continue
         x_val, y_val = _rows(val, val_labels, modality)
+        if len(x_val) == 0:  # choose the penalty on the training rows instead
+            x_val, y_val = x, y
         head = fit_logistic(x, y, model.task_type, x_val, y_val, model.num_classes)
         _copy(model.heads[modality].fc, head)
         report[f"head_{modality}"] = head.val_score
@@ -130,6 +135,8 @@ def initialise_from_probes(model: FusionModel, train: Embeddings, train_labels: 
             if predictor is None or len(predictor.mlp) != 1:
                 continue
             pairs, val_pairs = (e.has_image & e.has_text for e in (train, val))
+            if int(pairs.sum()) < 2 or int(val_pairs.sum()) < 2:
+                continue  # too few pairs to fit or to choose a penalty
             ridge = fit_ridge(getattr(train, f"{source}_emb")[pairs].float(),
                               getattr(train, f"{target}_emb")[pairs].float(),
                               getattr(val, f"{source}_emb")[val_pairs].float(),

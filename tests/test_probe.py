@@ -72,3 +72,16 @@ def test_mean_fill_stands_in_the_training_mean():
     filled = model.fill_missing(emb, torch.ones(3, dtype=torch.bool), has_text, fill="mean")
     assert torch.equal(filled["text"][1], torch.full((32,), -1.0))
     assert torch.equal(filled["text"][0], emb.text_emb[0]) and torch.equal(filled["image"], emb.image_emb)
+
+
+def test_a_modality_no_training_row_has_is_left_as_built():
+    model = _tiny_model()
+    g = torch.Generator().manual_seed(1)
+    image, text = torch.randn(20, 32, generator=g), torch.zeros(20, 32)
+    emb = Embeddings(image, text, None, None, torch.ones(20, dtype=torch.bool),
+                     torch.zeros(20, dtype=torch.bool))  # no text anywhere (as in a fixture)
+    before = model.heads["text"].fc.weight.clone()
+    report = initialise_from_probes(model, emb, torch.arange(20) % 3, emb, torch.arange(20) % 3)
+    assert set(report) == {"head_image"}
+    assert torch.equal(model.heads["text"].fc.weight, before)
+    assert torch.equal(model.mean_text, torch.zeros(32))
