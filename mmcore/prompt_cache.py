@@ -228,7 +228,6 @@ class CachedSplit(Dataset):
         self.cache = cache
         self.split = dataset.split
         self.task_type = dataset.task_type
-        self.classes = dataset.classes
 
     def __len__(self) -> int:
         return len(self.cache)

@@ -103,3 +103,12 @@ def read_metadata(path: Path, required: Sequence[str]) -> list[dict]:
                 raise ValueError(f"{path}:{number}: missing field {missing[0]!r}")
             rows.append(row)
     return rows
+
+
+def require_files(root: Path, dataset: str, names: Sequence[str], rebuild: str) -> None:
+    """A committed dataset's folder must hold ``names``; the error says how to rebuild it."""
+    for name in names:
+        if not (root / name).exists():
+            listed = ", ".join(names[:-1]) + f" and {names[-1]}/"
+            raise FileNotFoundError(f"{dataset} dataset folder {root} lacks {name}: it should "
+                                    f"hold {listed}; {rebuild}")

@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mmcore.data.base import MultimodalDataset, Sample, TaskType, read_metadata
+from mmcore.data.base import (MultimodalDataset, Sample, TaskType, read_metadata,
+                              require_files)
 
 TASKS: dict[str, TaskType] = {"category": "multiclass", "keywords": "multilabel"}
 SPLITS = ("train", "val", "test")
@@ -45,11 +46,7 @@ def load_clipart(root: str | Path, task: str, split: str) -> MultimodalDataset:
     if split not in SPLITS:
         raise ValueError(f"clipart split {split!r} is not valid; valid: {', '.join(SPLITS)}")
     root = Path(root)
-    for name in (METADATA, CLASSES, "images"):
-        if not (root / name).exists():
-            raise FileNotFoundError(
-                f"clipart dataset folder {root} lacks {name}: it should hold {METADATA}, "
-                f"{CLASSES} and images/; {_REBUILD.format(root=root)}")
+    require_files(root, "clipart", (METADATA, CLASSES, "images"), _REBUILD.format(root=root))
     classes = json.loads((root / CLASSES).read_text())[task]
     index = {name: i for i, name in enumerate(classes)}
     samples = []

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mmcore.data.base import MultimodalDataset, Sample, read_metadata
+from mmcore.data.base import MultimodalDataset, Sample, read_metadata, require_files
 
 SPLITS = ("train", "val", "test")
 METADATA = "metadata.jsonl"
@@ -40,11 +40,7 @@ def load_emoji(root: str | Path, split: str) -> MultimodalDataset:
     if split not in SPLITS:
         raise ValueError(f"emoji split {split!r} is not valid; valid: {', '.join(SPLITS)}")
     root = Path(root)
-    for name in (METADATA, CLASSES, "images"):
-        if not (root / name).exists():
-            raise FileNotFoundError(
-                f"emoji dataset folder {root} lacks {name}: it should hold {METADATA}, "
-                f"{CLASSES} and images/; {_REBUILD.format(root=root)}")
+    require_files(root, "emoji", (METADATA, CLASSES, "images"), _REBUILD.format(root=root))
     classes = json.loads((root / CLASSES).read_text())["category"]
     index = {name: i for i, name in enumerate(classes)}
     samples = []
