@@ -34,6 +34,12 @@ class ModelConfig:
     image_size: int = 112  # pixels (multiple of the patch size); 112 keeps CPU runs short, paper: 224
     prompt_length: int = 6  # K read-only prompts per encoder (paper: gains up to ~6)
     prompts_see_each_other: bool = True  # prompts attend to originals and to each other
+    # cls: each prompt starts at the CLS input + 2% noise; independent: K independent draws
+    # at the CLS input's scale (distinct read-outs from the first step)
+    prompt_init: Literal["cls", "independent"] = "cls"
+    # how the predictor reads the K prompt outputs: their mean, a learned softmax attention
+    # over them, or their concatenation (K x D inputs)
+    prompt_pool: Literal["mean", "attention", "concat"] = "mean"
     # frozen: the encoders do not train and the token cache makes each step ~10x cheaper (the
     # offline default); bitfit: their biases train (the paper, configs/<benchmark>.yaml)
     peft: Literal["bitfit", "frozen", "layernorm", "full", "lora"] = "frozen"

@@ -160,7 +160,7 @@ class ImageEncoder(nn.Module):
     """
 
     def __init__(self, backbone: VisionTransformer, prompt_length: int = 6,
-                 prompts_see_each_other: bool = True) -> None:
+                 prompts_see_each_other: bool = True, prompt_init: str = "cls") -> None:
         super().__init__()
         if not isinstance(backbone, VisionTransformer) or backbone.cls_token is None:
             raise TypeError(f"ImageEncoder needs a timm VisionTransformer with a CLS token, "
@@ -174,7 +174,8 @@ class ImageEncoder(nn.Module):
         cls_input = backbone.cls_token.reshape(-1)  # (D,)
         if backbone.pos_embed is not None and not backbone.no_embed_class:
             cls_input = cls_input + backbone.pos_embed[0, 0]  # CLS as the first block sees it
-        self.prompts = ReadOnlyPrompts(prompt_length, self.embed_dim, init=cls_input)
+        self.prompts = ReadOnlyPrompts(prompt_length, self.embed_dim, init=cls_input,
+                                       independent=prompt_init == "independent")
 
     @property
     def prompt_length(self) -> int:
@@ -228,7 +229,7 @@ class TextEncoder(nn.Module):
 
     def __init__(self, backbone: PreTrainedModel, pooling: Pooling = "cls",
                  prompt_length: int = 6, prompts_see_each_other: bool = True,
-                 prompt_init_token_id: int = 101) -> None:
+                 prompt_init_token_id: int = 101, prompt_init: str = "cls") -> None:
         """
         Args:
             backbone: a BERT-like model with ``embeddings`` and ``encoder`` modules, loaded
@@ -259,7 +260,8 @@ class TextEncoder(nn.Module):
             cls_input = backbone.embeddings.eval()(
                 input_ids=torch.tensor([[prompt_init_token_id]])).reshape(-1)  # (D,)
             backbone.embeddings.train(was_training)
-        self.prompts = ReadOnlyPrompts(prompt_length, self.embed_dim, init=cls_input)
+        self.prompts = ReadOnlyPrompts(prompt_length, self.embed_dim, init=cls_input,
+                                       independent=prompt_init == "independent")
 
     @property
     def prompt_length(self) -> int:
@@ -320,7 +322,7 @@ def encoder_spec(model_cfg: ModelConfig) -> EncoderSpec:
 def build_image_encoder(model_cfg: ModelConfig) -> ImageEncoder:
     """The preset's (or ``model.image_encoder``'s) ViT wrapped with read-only prompts."""
     return ImageEncoder(load_image_backbone(model_cfg), model_cfg.prompt_length,
-                        model_cfg.prompts_see_each_other)
+                        model_cfg.prompts_see_each_other, model_cfg.prompt_init)
 
 
 def build_text_encoder(model_cfg: ModelConfig) -> TextEncoder:
@@ -329,7 +331,8 @@ def build_text_encoder(model_cfg: ModelConfig) -> TextEncoder:
     cls_id = load_tokenizer(model_cfg).cls_token_id if model_cfg.pretrained else None
     return TextEncoder(load_text_backbone(model_cfg), spec.text_pooling, model_cfg.prompt_length,
                        model_cfg.prompts_see_each_other,
-                       prompt_init_token_id=cls_id if cls_id is not None else spec.cls_token_id)
+                       prompt_init_token_id=cls_id if cls_id is not None else spec.cls_token_id,
+                       prompt_init=model_cfg.prompt_init)
 
 
 def load_tokenizer(model_cfg: ModelConfig) -> PreTrainedTokenizerBase:

@@ -7,7 +7,8 @@ encoder's embedding of a MAP-style dummy input (baselines).
 
 Design choices the paper leaves open (method.md "DECIDE"), fixed here:
 
-- pooling over the K prompt outputs: their mean (order-free, the same for any K);
+- pooling over the K prompt outputs: their mean by default (order-free, the same for any
+  K); ``model.prompt_pool`` offers a learned attention over them or their concatenation;
 - predictor: ``model.predictor_layers`` linear layers of width ``model.predictor_hidden``
   with LayerNorm + GELU between them, a plain Linear last, so it can reach any target scale;
 - no projector/expander before VICReg: the predicted embedding must stand in for the true
@@ -44,14 +45,26 @@ Modalities = Literal["both", "image", "text"]
 
 
 class FeaturePredictor(nn.Module):
-    """Map the available modality's prompt outputs (or its embedding) to the other's embedding."""
+    """Map the available modality's prompt outputs (or its embedding) to the other's embedding.
 
-    def __init__(self, in_dim: int, out_dim: int, hidden: int = 1024, layers: int = 2) -> None:
+    ``pool`` says how K prompt outputs become one input: their mean, a softmax attention
+    with one learned score per token (``attention``: the predictor chooses which read-outs
+    to trust, per sample), or their concatenation (``concat``: every read-out keeps its own
+    weights, so ``num_prompts`` is fixed). An (N, D) embedding input is used as it is.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int = 1024, layers: int = 2,
+                 pool: Literal["mean", "attention", "concat"] = "mean", num_prompts: int = 1
+                 ) -> None:
         super().__init__()
         if layers < 1:
             raise ValueError(f"model.predictor_layers={layers}; must be >= 1")
+        if pool not in ("mean", "attention", "concat"):
+            raise ValueError(f"model.prompt_pool={pool!r}; valid: mean, attention, concat")
+        self.pool = pool
+        self.score = nn.Linear(in_dim, 1) if pool == "attention" else None
         blocks: list[nn.Module] = []
-        width = in_dim
+        width = in_dim * num_prompts if pool == "concat" else in_dim
         for _ in range(layers - 1):
             blocks += [nn.Linear(width, hidden), nn.LayerNorm(hidden), nn.GELU()]
             width = hidden
@@ -62,13 +75,18 @@ class FeaturePredictor(nn.Module):
         """Predict a target embedding.
 
         Args:
-            x: (N, K, D_in) prompt outputs, mean-pooled over K, or (N, D_in) an embedding.
+            x: (N, K, D_in) prompt outputs, pooled as ``pool`` says, or (N, D_in) an embedding.
 
         Returns:
             (N, D_out) predicted embedding.
         """
-        if x.dim() == 3:
-            x = x.mean(dim=1)  # (N, K, D_in) -> (N, D_in)
+        if x.dim() == 3:  # (N, K, D_in) -> (N, D_in) or (N, K * D_in)
+            if self.pool == "concat":
+                x = x.flatten(1)
+            elif self.score is not None:
+                x = (self.score(x).softmax(dim=1) * x).sum(dim=1)
+            else:
+                x = x.mean(dim=1)
         return self.mlp(x)
 
 
@@ -128,6 +146,7 @@ class FusionModel(nn.Module):
         predict_from: Literal["prompts", "cls"] = "prompts",
         predictor_hidden: int = 1024,
         predictor_layers: int = 2,
+        prompt_pool: Literal["mean", "attention", "concat"] = "mean",
         fill: Fill = "predict",
         head_dropout: float = 0.0,
         image_size: int = 224,
@@ -144,6 +163,7 @@ class FusionModel(nn.Module):
                 source encoder's embedding feeds the predictor).
             predictor_hidden: width of the predictor's hidden layers.
             predictor_layers: linear layers per predictor.
+            prompt_pool: how a predictor reads the K prompt outputs (``FeaturePredictor``).
             fill: what stands in for a missing modality: "predict", "zero" or "dummy".
             head_dropout: dropout before each head's Linear.
             image_size: side of the all-ones dummy image (fill "dummy").
@@ -175,10 +195,13 @@ class FusionModel(nn.Module):
             self.heads["text"] = ClassifierHead(text_encoder.embed_dim, num_classes, head_dropout)
         if image_encoder is not None and text_encoder is not None:
             di, dt = image_encoder.embed_dim, text_encoder.embed_dim
+            pool = prompt_pool if predict_from == "prompts" else "mean"  # cls: one vector
+            ki, kt = ((image_encoder.prompt_length, text_encoder.prompt_length)
+                      if pool == "concat" else (1, 1))
             self.predictors["image_to_text"] = FeaturePredictor(
-                di, dt, predictor_hidden, predictor_layers)
+                di, dt, predictor_hidden, predictor_layers, pool, ki)
             self.predictors["text_to_image"] = FeaturePredictor(
-                dt, di, predictor_hidden, predictor_layers)
+                dt, di, predictor_hidden, predictor_layers, pool, kt)
         self._dummy_embeddings: dict[str, Tensor] = {}
         for name, encoder in (("image", image_encoder), ("text", text_encoder)):
             if encoder is not None:  # the training split's mean embedding (fill "mean")
@@ -448,7 +471,8 @@ def build_model(cfg: Config, num_classes: int, task_type: TaskType) -> FusionMod
         dummy_text = _empty_text(m)  # random-weight builds may have no tokenizer at hand
     model = FusionModel(
         image, text, num_classes, task_type, loss_cfg=cfg.loss, predict_from=m.predict_from,
-        predictor_hidden=m.predictor_hidden, predictor_layers=m.predictor_layers, fill=m.fill,
+        predictor_hidden=m.predictor_hidden, predictor_layers=m.predictor_layers,
+        prompt_pool=m.prompt_pool, fill=m.fill,
         head_dropout=m.head_dropout, image_size=m.image_size,
         dummy_text=dummy_text,
     )

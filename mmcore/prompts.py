@@ -15,21 +15,25 @@ from torch import Tensor
 class ReadOnlyPrompts(nn.Module):
     """K learnable prompt tokens of width D, shared by every sample of a batch.
 
-    Initialisation (RPO practice): every prompt starts at a given vector (the encoder's
-    CLS input embedding) plus Gaussian noise of ``noise_scale`` times that vector's RMS.
-    Starting near CLS puts the prompts where the pretrained layers expect a summary
-    token; the noise breaks the symmetry so the K prompts can learn different read-outs.
-    Prompts carry no position embedding: they are appended after position embeddings.
+    Initialisation (RPO practice, ``independent=False``): every prompt starts at a given
+    vector (the encoder's CLS input embedding) plus Gaussian noise of ``noise_scale`` times
+    that vector's RMS. Starting near CLS puts the prompts where the pretrained layers expect
+    a summary token; the noise breaks the symmetry so the K prompts can learn different
+    read-outs. ``independent=True`` draws each prompt on its own at that RMS instead, so
+    the K read-outs differ from the first step. Prompts carry no position embedding: they
+    are appended after position embeddings.
     """
 
     def __init__(self, num_prompts: int, dim: int, init: Tensor | None = None,
-                 noise_scale: float = 0.02) -> None:
+                 noise_scale: float = 0.02, independent: bool = False) -> None:
         """
         Args:
             num_prompts: K >= 1.
             dim: token width D.
             init: (D,) vector to start from; None starts from zero plus unit-RMS noise.
             noise_scale: noise std relative to the RMS of ``init``.
+            independent: start from zero plus noise of the RMS of ``init`` (``noise_scale``
+                is then 1).
         """
         super().__init__()
         if num_prompts < 1:
@@ -41,6 +45,8 @@ class ReadOnlyPrompts(nn.Module):
             if base.numel() != dim:
                 raise ValueError(f"prompt init has {base.numel()} values; expected dim={dim}")
             rms = float(base.pow(2).mean().sqrt()) or 1.0
+        if independent:
+            base, noise_scale = torch.zeros(dim), 1.0
         noise = torch.randn(num_prompts, dim) * noise_scale * rms
         self.tokens = nn.Parameter(base.expand(num_prompts, dim) + noise)  # (K, D)
 

@@ -107,6 +107,25 @@ def test_feature_predictor_pools_prompts_and_respects_depth():
         FeaturePredictor(5, 7, layers=0)
 
 
+def test_feature_predictor_attention_and_concat_pooling():
+    torch.manual_seed(0)
+    prompts = torch.randn(4, K, 5)
+    attention = FeaturePredictor(5, 7, hidden=11, layers=1, pool="attention")
+    with torch.no_grad():
+        attention.score.weight.zero_()  # equal scores: attention is the mean
+    torch.testing.assert_close(attention(prompts), attention.mlp(prompts.mean(dim=1)))
+    with torch.no_grad():
+        attention.score.weight.copy_(torch.tensor([[0.0, 0, 0, 0, 100.0]]))  # the top feature wins
+    top = prompts[torch.arange(4), prompts[..., 4].argmax(dim=1)]
+    torch.testing.assert_close(attention(prompts), attention.mlp(top))
+    concat = FeaturePredictor(5, 7, hidden=11, layers=2, pool="concat", num_prompts=K)
+    assert concat.mlp[0].in_features == 5 * K
+    assert concat(prompts).shape == (4, 7)
+    assert not torch.allclose(concat(prompts), concat(prompts.flip(1)))  # order matters
+    with pytest.raises(ValueError, match="prompt_pool"):
+        FeaturePredictor(5, 7, pool="max")
+
+
 def test_encoders_only_see_rows_that_have_their_modality():
     model = make_model()
     batch = make_batch(HAS_IMAGE, HAS_TEXT)

@@ -44,6 +44,16 @@ def test_prompts_start_near_the_init_vector_and_differ():
     assert not torch.allclose(tokens[0, 0], tokens[0, 1])  # symmetry broken by noise
 
 
+def test_independent_prompts_spread_at_the_init_scale():
+    torch.manual_seed(0)
+    init = torch.randn(64) * 5
+    tokens = ReadOnlyPrompts(4, 64, init=init, independent=True).tokens.detach()
+    rms = init.pow(2).mean().sqrt()
+    assert 0.7 * rms < tokens.pow(2).mean().sqrt() < 1.3 * rms
+    cosine = torch.nn.functional.cosine_similarity(tokens[:, None], tokens[None], dim=-1)
+    assert cosine[~torch.eye(4, dtype=torch.bool)].abs().max() < 0.5  # not near-copies
+
+
 def test_prompts_are_learnable_and_validated():
     prompts = ReadOnlyPrompts(2, 8)
     prompts(2).sum().backward()
