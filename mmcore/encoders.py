@@ -157,7 +157,11 @@ class ImageEncoder(nn.Module):
     """A timm ``VisionTransformer`` with K read-only prompts appended after its position embedding.
 
     The embedding is the backbone's own pooling (``global_pool='token'``: the final-norm CLS).
+    Setting ``originals_see_prompts = True`` drops the read-only rule in ``forward`` (a
+    counterfactual for demonstrations; the token cache assumes the rule).
     """
+
+    originals_see_prompts: bool = False
 
     def __init__(self, backbone: VisionTransformer, prompt_length: int = 6,
                  prompts_see_each_other: bool = True, prompt_init: str = "cls") -> None:
@@ -190,7 +194,8 @@ class ImageEncoder(nn.Module):
         prompts = self.prompts(x.shape[0]).to(x.dtype)
         x = torch.cat([x, prompts], dim=1)  # (B, L + K, D)
         mask = read_only_mask(num_tokens, self.prompt_length, self.prompts_see_each_other,
-                              device=x.device)  # (L + K, L + K)
+                              device=x.device,
+                              originals_see_prompts=self.originals_see_prompts)  # (L + K, L + K)
         for block in vit.blocks:
             x = block(x, attn_mask=mask)
         x = vit.norm(x)
@@ -218,14 +223,35 @@ class ImageEncoder(nn.Module):
         return EncoderOutput(cache.embedding, self.backbone.norm(x))
 
 
+def pool_text(tokens: Tensor, attention_mask: Tensor, pooling: Pooling) -> Tensor:
+    """A text embedding from token outputs: the first token ("cls") or the mean over real tokens.
+
+    Args:
+        tokens: (B, L, D) outputs of the original tokens (no prompts).
+        attention_mask: (B, L), 1 / True for real tokens.
+        pooling: "cls" or "mean" (sentence-transformers).
+
+    Returns:
+        (B, D).
+    """
+    if pooling == "cls":
+        return tokens[:, 0]
+    weights = attention_mask.unsqueeze(-1).to(tokens.dtype)  # (B, L, 1)
+    return (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
 class TextEncoder(nn.Module):
     """A HF BERT-like model with K read-only prompts appended after its embedding layer.
 
     The backbone's ``embeddings`` module adds word, position and type embeddings (and its
     LayerNorm) for the real tokens only; the prompts join after that, so they carry no
     position embedding; the ``encoder`` layers then run with the (B, 1, L+K, L+K) mask as
-    an additive bias, which every attention implementation applies.
+    an additive bias, which every attention implementation applies. Setting
+    ``originals_see_prompts = True`` drops the read-only rule in ``forward`` (a
+    counterfactual for demonstrations; the token cache assumes the rule).
     """
+
+    originals_see_prompts: bool = False
 
     def __init__(self, backbone: PreTrainedModel, pooling: Pooling = "cls",
                  prompt_length: int = 6, prompts_see_each_other: bool = True,
@@ -276,18 +302,14 @@ class TextEncoder(nn.Module):
         num_tokens = x.shape[1]
         x = torch.cat([x, self.prompts(x.shape[0]).to(x.dtype)], dim=1)  # (B, L + K, D)
         mask = read_only_mask(num_tokens, self.prompt_length, self.prompts_see_each_other,
-                              key_padding_mask=real)  # (B, 1, L + K, L + K)
+                              key_padding_mask=real,
+                              originals_see_prompts=self.originals_see_prompts)  # (B, 1, L+K, L+K)
         # additive, so that every attention implementation applies it (eager attention adds
         # a boolean mask as 0 / 1 instead of masking, which would undo read-only)
         bias = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill(
             ~mask, torch.finfo(x.dtype).min)
         x = self.backbone.encoder(x, attention_mask=bias).last_hidden_state  # (B, L + K, D)
-        tokens = x[:, :num_tokens]
-        if self.pooling == "cls":
-            embedding = tokens[:, 0]
-        else:
-            weights = real.unsqueeze(-1).to(tokens.dtype)  # (B, L, 1)
-            embedding = (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        embedding = pool_text(x[:, :num_tokens], real, self.pooling)  # (B, D)
         return EncoderOutput(embedding, x[:, num_tokens:])
 
     def forward_recording(self, input_ids: Tensor, attention_mask: Tensor

@@ -65,8 +65,8 @@ def prompt_parameters(module: nn.Module) -> list[nn.Parameter]:
 
 
 def read_only_mask(num_tokens: int, num_prompts: int, prompts_see_each_other: bool,
-                   key_padding_mask: Tensor | None = None, device: torch.device | None = None
-                   ) -> Tensor:
+                   key_padding_mask: Tensor | None = None, device: torch.device | None = None,
+                   originals_see_prompts: bool = False) -> Tensor:
     """Boolean attention mask (True = may attend) for ``num_tokens`` originals + prompts.
 
     Queries are rows, keys are columns. Original tokens attend only to original,
@@ -79,6 +79,8 @@ def read_only_mask(num_tokens: int, num_prompts: int, prompts_see_each_other: bo
         prompts_see_each_other: whether prompt i may attend to prompt j != i.
         key_padding_mask: optional (B, L) mask, True/1 = real token.
         device: where to build the mask (defaults to ``key_padding_mask``'s device).
+        originals_see_prompts: drop the read-only rule, so that original tokens also attend
+            to the prompts (the counterfactual that shows what the rule protects).
 
     Returns:
         (L+K, L+K) bool, or (B, 1, L+K, L+K) bool when ``key_padding_mask`` is given.
@@ -88,6 +90,7 @@ def read_only_mask(num_tokens: int, num_prompts: int, prompts_see_each_other: bo
     size = num_tokens + num_prompts
     mask = torch.zeros(size, size, dtype=torch.bool, device=device)
     mask[:, :num_tokens] = True  # everyone reads the originals
+    mask[:num_tokens, num_tokens:] = originals_see_prompts  # the read-only rule: False
     prompt_block = mask[num_tokens:, num_tokens:]  # (K, K) view
     if prompts_see_each_other:
         prompt_block.fill_(True)

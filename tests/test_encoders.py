@@ -27,11 +27,6 @@ def text_batch():
     return ids, (ids != 0).long()
 
 
-def full_mask(num_tokens, num_prompts, see, key_padding_mask=None, device=None):
-    size = num_tokens + num_prompts
-    return torch.ones(size, size, dtype=torch.bool)
-
-
 def test_image_prompts_are_read_only():
     encoder = ImageEncoder(tiny_vit(), prompt_length=3)
     x = torch.randn(2, 3, 32, 32)
@@ -41,16 +36,6 @@ def test_image_prompts_are_read_only():
     assert out.embedding.shape == (2, 32) and out.prompts.shape == (2, 3, 32)
     assert (encoder.embed_dim, encoder.prompt_length) == (32, 3)
     torch.testing.assert_close(out.embedding, plain, atol=1e-5, rtol=0)
-
-
-def test_image_full_mask_would_change_the_embedding(monkeypatch):
-    encoder = ImageEncoder(tiny_vit(), prompt_length=3)
-    x = torch.randn(2, 3, 32, 32)
-    monkeypatch.setattr(encoders, "read_only_mask", full_mask)
-    with torch.no_grad():
-        leaked = encoder(x).embedding
-        plain = encoder.backbone.forward_features(x)[:, 0]
-    assert (leaked - plain).abs().max() > 1e-3
 
 
 def test_text_prompts_are_read_only_with_padding():
@@ -68,17 +53,6 @@ def test_text_prompts_are_read_only_with_padding():
     with torch.no_grad():
         cls_embedding = cls_encoder(ids, mask).embedding
     torch.testing.assert_close(cls_embedding, hidden[:, 0], atol=1e-5, rtol=0)
-
-
-def test_text_full_mask_would_change_the_embedding(monkeypatch):
-    ids, mask = text_batch()
-    encoder = TextEncoder(tiny_bert(), pooling="cls", prompt_length=2, prompt_init_token_id=1)
-    with torch.no_grad():
-        hidden = encoder.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
-    monkeypatch.setattr(encoders, "read_only_mask", full_mask)
-    with torch.no_grad():
-        leaked = encoder(ids, mask).embedding
-    assert (leaked - hidden[:, 0]).abs().max() > 1e-3
 
 
 def test_padding_does_not_change_a_text_row():
@@ -168,3 +142,29 @@ def test_offline_text_encoder_scores_paraphrases_higher(mmcore_cache):
     for a, b in ((0, 1), (2, 3)):
         unrelated = [sim[a, j] for j in range(5) if j not in (a, b)]
         assert sim[a, b] > max(unrelated) + 0.2, sim
+
+
+def test_pool_text_is_the_text_encoders_pooling():
+    ids, mask = text_batch()
+    hidden = torch.randn(2, 5, 4)
+    weights = mask.unsqueeze(-1).float()
+    torch.testing.assert_close(encoders.pool_text(hidden, mask, "mean"),
+                               (hidden * weights).sum(1) / weights.sum(1))
+    assert torch.equal(encoders.pool_text(hidden, mask, "cls"), hidden[:, 0])
+    encoder = TextEncoder(tiny_bert(), pooling="mean", prompt_length=2, prompt_init_token_id=1)
+    with torch.no_grad():
+        plain = encoder.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+        torch.testing.assert_close(encoder(ids, mask).embedding,
+                                   encoders.pool_text(plain, mask, "mean"), atol=1e-5, rtol=0)
+
+
+def test_originals_see_prompts_changes_the_embedding_and_nothing_else():
+    image, text = ImageEncoder(tiny_vit(), prompt_length=3), TextEncoder(
+        tiny_bert(), pooling="cls", prompt_length=2, prompt_init_token_id=1)
+    x, (ids, mask) = torch.randn(2, 3, 32, 32), text_batch()
+    with torch.no_grad():
+        read_only = image(x).embedding, text(ids, mask).embedding
+        image.originals_see_prompts = text.originals_see_prompts = True
+        leaked = image(x).embedding, text(ids, mask).embedding
+    assert all((a - b).abs().max() > 1e-3 for a, b in zip(read_only, leaked))
+    assert not ImageEncoder.originals_see_prompts and not TextEncoder.originals_see_prompts

@@ -62,3 +62,12 @@ def test_prompts_are_learnable_and_validated():
         ReadOnlyPrompts(0, 8)
     with pytest.raises(ValueError, match="dim=8"):
         ReadOnlyPrompts(2, 8, init=torch.zeros(7))
+
+
+def test_originals_see_prompts_drops_only_the_read_only_rule():
+    padding = torch.tensor([[1, 1, 0]])  # the third original is padding
+    leaky = read_only_mask(3, 2, True, key_padding_mask=padding, originals_see_prompts=True)[0, 0]
+    strict = read_only_mask(3, 2, True, key_padding_mask=padding)[0, 0]
+    assert leaky[:3, 3:].all()  # originals now read the prompts
+    assert torch.equal(leaky[:, :3], strict[:, :3]) and torch.equal(leaky[3:], strict[3:])
+    assert not leaky[:, 2].any()  # padding stays unseen
