@@ -9,7 +9,7 @@ the reference) and ``fast`` (the configuration's own speed settings: ``run.preci
 - model FLOPs per sample (training step and evaluation forward, counted);
 - the fp32 and bf16 matrix-product peaks measured in this process (2048^3, ``--threads`` threads) and
   the fraction of it the fast training step reaches;
-- the one-pass sweep (``mmcore.sweep``: collect once, score 11 rates x 3 types x 3 seeds)
+- the one-pass sweep (``mmcore.evaluation``: collect once, score 11 rates x 3 types x 3 seeds)
   against one evaluation pass over the same split (offline preset, real clip-art data);
 - the data pipeline alone (decode, transform, tokenise through ``mmcore.data.Collator``)
   against what the fast training step consumes, and the mean padded text length of its
@@ -45,15 +45,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import (attention_kernels, count_flops, interleaved, matmul,  # noqa: E402
                      peak_memory, seconds, top_ops)
 
+from mmcore.build import (build_collator, build_model, compile_encoders,  # noqa: E402
+                          parameter_report)
 from mmcore.config import Config  # noqa: E402
 from mmcore.data import load_dataset  # noqa: E402
 from mmcore.data.base import Batch  # noqa: E402
-from mmcore.data.collate import Collator  # noqa: E402
-from mmcore.encoders import image_transform, load_tokenizer  # noqa: E402
+from mmcore.evaluation import collect, sweep  # noqa: E402
 from mmcore.metrics import compute_metrics  # noqa: E402
-from mmcore.model import (FusionModel, build_model, compile_encoders,  # noqa: E402
-                          parameter_report, precision_context)
-from mmcore.sweep import collect, sweep  # noqa: E402
+from mmcore.model import FusionModel  # noqa: E402
+from mmcore.runtime import precision_context  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COLUMNS = (
@@ -192,8 +192,7 @@ def clipart_loader(cfg: Config, split: str, train: bool, limit: int, batch_size:
                    ) -> DataLoader:
     """The real clip-art split through the real Collator (no simulated missingness)."""
     dataset = load_dataset(cfg.replace(limit_samples=limit).data, split)
-    collator = Collator(load_tokenizer(cfg.model), image_transform(cfg.model, train=train),
-                        cfg.data.max_text_length, dataset.num_classes, dataset.task_type)
+    collator = build_collator(cfg, dataset, train)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator,
                       num_workers=cfg.data.num_workers)
 

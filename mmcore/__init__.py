@@ -1,6 +1,9 @@
-"""mmcore: missing-modality prediction with read-only prompts, VICReg and late fusion."""
-from mmcore.config import Config, ConfigError
-from mmcore.losses import vicreg_loss
+"""mmcore: missing-modality prediction with read-only prompts, VICReg and late fusion.
 
-__all__ = ["Config", "ConfigError", "vicreg_loss"]
+The package imports only the configuration, so ``python -m mmcore --help`` answers at
+once; the rest is imported from its module (``mmcore.losses.vicreg_loss``, ...).
+"""
+from mmcore.config import Config, ConfigError
+
+__all__ = ["Config", "ConfigError"]
 __version__ = "0.1.0"

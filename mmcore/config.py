@@ -22,6 +22,32 @@ class ConfigError(ValueError):
     """A configuration key, type or value is invalid; the message names it."""
 
 
+# --- the choices: each list declared once, as the Literal its field (or argument) has -----
+
+TaskType = Literal["multiclass", "multilabel", "binary"]  # picks the task loss and metrics
+PeftMode = Literal["bitfit", "frozen", "layernorm", "full", "lora"]
+Fill = Literal["predict", "zero", "dummy", "mean"]
+Modalities = Literal["both", "image", "text"]
+MissingType = Literal["both", "image", "text"]
+PromptInit = Literal["cls", "independent"]
+PromptPool = Literal["mean", "attention", "concat"]
+PredictFrom = Literal["prompts", "cls"]
+Precision = Literal["bf16", "fp32"]
+Alignment = Literal["vicreg", "mse", "cosine"]
+TextPooling = Literal["mean", "cls"]  # a text preset's pooling (mmcore.encoders.PRESETS)
+
+
+def choices(kind: Any) -> tuple[str, ...]:
+    """The values of one of the Literal types above, in declaration order."""
+    return get_args(kind)
+
+
+def check_choice(key: str, value: Any, kind: Any) -> None:
+    """``ConfigError`` naming ``key`` unless ``value`` is one of ``kind``'s choices."""
+    if value not in get_args(kind):
+        raise ConfigError(f"{key}={value!r} is not valid; valid: {', '.join(get_args(kind))}")
+
+
 # --- the tree -------------------------------------------------------------------------------
 
 
@@ -36,25 +62,25 @@ class ModelConfig:
     prompts_see_each_other: bool = True  # prompts attend to originals and to each other
     # cls: each prompt starts at the CLS input + 2% noise; independent: K independent draws
     # at the CLS input's scale (distinct read-outs from the first step)
-    prompt_init: Literal["cls", "independent"] = "cls"
+    prompt_init: PromptInit = "cls"
     # how the predictor reads the K prompt outputs: their mean, a learned softmax attention
     # over them, or their concatenation (K x D inputs)
-    prompt_pool: Literal["mean", "attention", "concat"] = "mean"
+    prompt_pool: PromptPool = "mean"
     # frozen: the encoders do not train and the token cache makes each step ~10x cheaper (the
     # offline default); bitfit: their biases train (the paper, configs/<benchmark>.yaml)
-    peft: Literal["bitfit", "frozen", "layernorm", "full", "lora"] = "frozen"
+    peft: PeftMode = "frozen"
     lora_rank: int = 8  # only for peft == "lora"
-    predict_from: Literal["prompts", "cls"] = "prompts"  # "cls" is the paper's baseline
+    predict_from: PredictFrom = "prompts"  # "cls" is the paper's baseline
     predictor_hidden: int = 1024  # width of the 2-layer MLP feature predictor
     predictor_layers: int = 2  # linear layers in the predictor (>= 1)
-    fill: Literal["predict", "zero", "dummy", "mean"] = "predict"  # stand-in for a missing modality
-    modalities: Literal["both", "image", "text"] = "both"  # "image"/"text": one modality alone
+    fill: Fill = "predict"  # stand-in for a missing modality
+    modalities: Modalities = "both"  # "image"/"text": one modality alone
     head_dropout: float = 0.1  # dropout before each modality's classifier head
 
 
 @dataclass
 class LossConfig:
-    alignment: Literal["vicreg", "mse", "cosine"] = "vicreg"  # predictor-to-target loss
+    alignment: Alignment = "vicreg"  # predictor-to-target loss
     alpha: float = 0.1  # L = L_task + alpha * L_align
     sim_coeff: float = 25.0  # VICReg invariance weight (reference value)
     std_coeff: float = 25.0  # VICReg variance weight (reference value)
@@ -80,7 +106,7 @@ class DataConfig:
 @dataclass
 class MissingConfig:
     missing_rate: float = 0.7  # eta: fraction of samples that lose a modality
-    missing_type: Literal["both", "image", "text"] = "both"  # "both": half lose each
+    missing_type: MissingType = "both"  # "both": half lose each
     missing_train: Literal["complete", "missing"] = "complete"  # train with the same missingness?
     missing_seed: int = 0  # seed of the missing table (independent of the run seed)
 
@@ -103,7 +129,7 @@ class RunConfig:
     seed: int = 0
     out_dir: str = "runs/default"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["bf16", "fp32"] = "bf16"  # bf16 autocast where the hardware has it
+    precision: Precision = "bf16"  # bf16 autocast where the hardware has it
     compile: bool = False  # torch.compile the encoders
     eval_batch_size: int = 64
     progress: bool = True  # tqdm progress bars
@@ -209,6 +235,25 @@ class Config:
         return json.dumps(self.to_dict(), indent=2)
 
 
+# --- the compared methods -------------------------------------------------------------------
+
+# Each method the paper compares, as the Config fields it changes from "ours". The fills
+# that replace the predictor get alpha = 0: no alignment loss shapes their encoders.
+# "frozen" is the yardstick: frozen encoders, logistic-regression heads and ridge
+# predictors fitted in closed form on the cached embeddings, late fusion, no SGD at all.
+METHODS: dict[str, dict[str, object]] = {
+    "ours": {},
+    "cls": {"predict_from": "cls"},
+    "frozen": {"peft": "frozen", "predict_from": "cls", "predictor_layers": 1, "epochs": 0,
+               "alpha": 0.0, "probe_init": True},
+    "mean": {"fill": "mean", "alpha": 0.0},
+    "dummy": {"fill": "dummy", "alpha": 0.0},
+    "zero": {"fill": "zero", "alpha": 0.0},
+    "image_only": {"modalities": "image"},
+    "text_only": {"modalities": "text"},
+}
+
+
 # --- validation ------------------------------------------------------------------------------
 
 _RANGES: dict[str, tuple[float | None, float | None]] = {
@@ -260,7 +305,7 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(f"{key}={value!r} is out of range; valid: {span}")
     if cfg.data.dataset == "clipart" and cfg.data.task not in ("auto", "category", "keywords"):
         raise ConfigError(f"data.task={cfg.data.task!r} for clipart; valid: auto, category, keywords")
-    manifest_tasks = ("auto", "multiclass", "multilabel", "binary")
+    manifest_tasks = ("auto", *get_args(TaskType))
     if cfg.data.dataset == "manifest" and cfg.data.task not in manifest_tasks:
         raise ConfigError(f"data.task={cfg.data.task!r} for a manifest; valid: "
                           f"{', '.join(manifest_tasks)}")
@@ -276,9 +321,7 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
 
 def _check_type(key: str, value: Any, hint: Any) -> None:
     if get_origin(hint) is Literal:
-        choices = get_args(hint)
-        if value not in choices:
-            raise ConfigError(f"{key}={value!r} is not valid; valid: {', '.join(map(str, choices))}")
+        check_choice(key, value, hint)
         return
     ok = {
         bool: lambda v: isinstance(v, bool),
@@ -342,10 +385,24 @@ def _reject_unknown(
 
 
 __all__ = [
+    "Alignment",
     "Config",
     "ConfigError",
+    "Fill",
+    "MissingType",
+    "Modalities",
+    "PeftMode",
+    "Precision",
+    "PredictFrom",
+    "PromptInit",
+    "PromptPool",
+    "TaskType",
+    "TextPooling",
+    "check_choice",
+    "choices",
     "DataConfig",
     "LossConfig",
+    "METHODS",
     "MissingConfig",
     "ModelConfig",
     "OptimConfig",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal
+from typing import Callable, Iterator
 
 import timm
 import torch
@@ -21,12 +21,11 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from mmcore.config import ModelConfig
+from mmcore.config import ModelConfig, TextPooling, check_choice
 from mmcore.prompts import ReadOnlyPrompts, read_only_mask
 from mmcore.weights import (PRESETS, EncoderSpec, load_image_backbone, load_text_backbone,
                             require_hub, text_source)
 
-Pooling = Literal["mean", "cls"]
 
 
 @dataclass
@@ -223,7 +222,7 @@ class ImageEncoder(nn.Module):
         return EncoderOutput(cache.embedding, self.backbone.norm(x))
 
 
-def pool_text(tokens: Tensor, attention_mask: Tensor, pooling: Pooling) -> Tensor:
+def pool_text(tokens: Tensor, attention_mask: Tensor, pooling: TextPooling) -> Tensor:
     """A text embedding from token outputs: the first token ("cls") or the mean over real tokens.
 
     Args:
@@ -253,7 +252,7 @@ class TextEncoder(nn.Module):
 
     originals_see_prompts: bool = False
 
-    def __init__(self, backbone: PreTrainedModel, pooling: Pooling = "cls",
+    def __init__(self, backbone: PreTrainedModel, pooling: TextPooling = "cls",
                  prompt_length: int = 6, prompts_see_each_other: bool = True,
                  prompt_init_token_id: int = 101, prompt_init: str = "cls") -> None:
         """
@@ -275,8 +274,7 @@ class TextEncoder(nn.Module):
         if attn != "sdpa":
             raise ValueError(f"TextEncoder needs the backbone loaded with "
                              f"attn_implementation='sdpa' (got {attn!r})")
-        if pooling not in ("mean", "cls"):
-            raise ValueError(f"text pooling={pooling!r}; valid: mean, cls")
+        check_choice("text pooling", pooling, TextPooling)
         self.backbone = backbone
         self.pooling = pooling
         self.prompts_see_each_other = prompts_see_each_other

@@ -19,34 +19,20 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from mmcore.build import build_collator, build_model
 from mmcore.checkpoint import atomic_write, write_json
-from mmcore.config import Config
-from mmcore.data import Collator, MultimodalDataset, load_dataset
-from mmcore.encoders import image_transform, load_tokenizer
+from mmcore.config import METHODS, Config
+from mmcore.data import MultimodalDataset, load_dataset
+from mmcore.data.check import batch_size_problem
+from mmcore.evaluation import DEFAULT_RATES, DEFAULT_SEEDS, EmbeddingCache, collect, score, sweep
 from mmcore.missing import MISSING_TYPES, MissingTable, load_or_build
-from mmcore.model import Embeddings, FusionModel, build_model
+from mmcore.model import Embeddings, FusionModel
 from mmcore.probe import initialise_from_probes
 from mmcore.prompt_cache import (CachedCollator, CachedSplit, SplitCache,
                                  load_or_build_split_cache, uses_token_cache)
-from mmcore.sweep import DEFAULT_RATES, DEFAULT_SEEDS, EmbeddingCache, collect, score, sweep
-from mmcore.train import (LAST, FitResult, build_loader, distributed_env, load_or_train,
-                          resolve_device)
+from mmcore.runtime import build_loader, distributed_env, resolve_device
+from mmcore.train import LAST, FitResult, load_or_train
 
-# Each method the paper compares, as the Config fields it changes from "ours". The fills
-# that replace the predictor get alpha = 0: no alignment loss shapes their encoders.
-# "frozen" is the yardstick: frozen encoders, logistic-regression heads and ridge
-# predictors fitted in closed form on the cached embeddings, late fusion, no SGD at all.
-METHODS: dict[str, dict[str, object]] = {
-    "ours": {},
-    "cls": {"predict_from": "cls"},
-    "frozen": {"peft": "frozen", "predict_from": "cls", "predictor_layers": 1, "epochs": 0,
-               "alpha": 0.0, "probe_init": True},
-    "mean": {"fill": "mean", "alpha": 0.0},
-    "dummy": {"fill": "dummy", "alpha": 0.0},
-    "zero": {"fill": "zero", "alpha": 0.0},
-    "image_only": {"modalities": "image"},
-    "text_only": {"modalities": "text"},
-}
 SPLITS = ("train", "val", "test")
 
 
@@ -110,9 +96,8 @@ def load_datasets(cfg: Config) -> dict[str, MultimodalDataset]:
             raise ValueError(f"{cfg.data.dataset}: split {split} has other classes than train")
         if len(ds) == 0:
             raise ValueError(f"{cfg.data.dataset} at {cfg.data.data_root}: split {split} is empty")
-    if cfg.optim.batch_size > len(datasets["train"]):
-        raise ValueError(f"optim.batch_size={cfg.optim.batch_size} is larger than the training "
-                         f"split ({len(datasets['train'])} samples); valid: 1..{len(datasets['train'])}")
+    if problem := batch_size_problem(cfg, len(datasets["train"])):
+        raise ValueError(problem)
     return datasets
 
 
@@ -134,9 +119,7 @@ def _loader(cfg: Config, dataset: MultimodalDataset, train: bool, table: Missing
         cache = token_caches[dataset.split]
         return build_loader(CachedSplit(cache, dataset), batch_size,
                             CachedCollator(cache, table), train=train, seed=cfg.run.seed)
-    collate = Collator(load_tokenizer(cfg.model), image_transform(cfg.model, train=train),
-                       cfg.data.max_text_length, dataset.num_classes, dataset.task_type,
-                       missing_table=table, bad_sample_policy=cfg.data.bad_sample_policy)
+    collate = build_collator(cfg, dataset, train, table)
     return build_loader(dataset, batch_size, collate, train=train, seed=cfg.run.seed,
                         num_workers=cfg.data.num_workers)
 

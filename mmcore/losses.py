@@ -15,8 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmcore.config import LossConfig
-from mmcore.data.base import TaskType
+from mmcore.config import Alignment, LossConfig, TaskType, choices
 
 
 class VICRegTerms(NamedTuple):
@@ -138,7 +137,8 @@ def alignment_loss(pred: Tensor, target: Tensor, loss_cfg: LossConfig) -> VICReg
         return mse_alignment(pred, target)
     if loss_cfg.alignment == "cosine":
         return cosine_alignment(pred, target)
-    raise ValueError(f"loss.alignment={loss_cfg.alignment!r}; valid: vicreg, mse, cosine")
+    raise ValueError(f"loss.alignment={loss_cfg.alignment!r}; "
+                     f"valid: {', '.join(choices(Alignment))}")
 
 
 def task_loss(logits: Tensor, labels: Tensor, task_type: TaskType) -> Tensor:
@@ -173,7 +173,7 @@ def _task_loss(logits: Tensor, labels: Tensor, task_type: TaskType) -> Tensor:
             raise ValueError(f"multilabel labels must match logits {tuple(logits.shape)}, "
                              f"got {tuple(labels.shape)}")
         return F.binary_cross_entropy_with_logits(logits, labels.float())
-    raise ValueError(f"task_type={task_type!r}; valid: multiclass, multilabel, binary")
+    raise ValueError(f"task_type={task_type!r}; valid: {', '.join(choices(TaskType))}")
 
 
 def _fp32(t: Tensor) -> torch.autocast:

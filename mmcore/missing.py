@@ -33,16 +33,16 @@ import math
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from mmcore.config import MissingConfig
+from mmcore.checkpoint import atomic_write
+from mmcore.config import MissingConfig, MissingType, check_choice, choices
 
-MissingType = Literal["text", "image", "both"]
-MISSING_TYPES: tuple[str, ...] = ("text", "image", "both")
+# the sweep's order: text, image, both
+MISSING_TYPES: tuple[str, ...] = tuple(reversed(choices(MissingType)))
 
 
 def num_missing(n: int, rate: float) -> int:
@@ -90,8 +90,7 @@ class MissingTable:
             raise ValueError(f"a split cannot have n={n} samples")
         if not 0.0 <= missing_rate <= 1.0:
             raise ValueError(f"missing_rate={missing_rate} is out of range; valid: [0, 1]")
-        if missing_type not in MISSING_TYPES:
-            raise ValueError(f"missing_type={missing_type!r}; valid: {', '.join(MISSING_TYPES)}")
+        check_choice("missing_type", missing_type, MissingType)
         if seed < 0:
             raise ValueError(f"missing_seed={seed} must be >= 0")
         chosen = np.random.default_rng(seed).permutation(n)[: num_missing(n, missing_rate)]
@@ -151,13 +150,8 @@ class MissingTable:
 
     def save(self, path: str | Path) -> Path:
         """Write the table as JSON (with its digest); returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         record = {**asdict(self), "sha256": self.digest()}
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(record))
-        tmp.replace(path)
-        return path
+        return atomic_write(path, json.dumps(record).encode())
 
     @classmethod
     def load(cls, path: str | Path, n: int | None = None) -> "MissingTable":

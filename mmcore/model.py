@@ -5,7 +5,7 @@ modality's embedding from it, and sums the two heads' logits (late fusion). A mi
 modality's head is fed a fill: the predicted embedding (the method), zeros, or the
 encoder's embedding of a MAP-style dummy input (baselines).
 
-Design choices the paper leaves open (method.md "DECIDE"), fixed here:
+Design choices the paper leaves open, fixed here (each a ``Config`` field):
 
 - pooling over the K prompt outputs: their mean by default (order-free, the same for any
   K); ``model.prompt_pool`` offers a learned attention over them or their concatenation;
@@ -20,87 +20,25 @@ Design choices the paper leaves open (method.md "DECIDE"), fixed here:
 - weight of the alignment in the total loss: ``loss.alpha``.
 
 Precision: the model does not switch autocast itself; the caller wraps its forward in
-``precision_context(device, precision)``. The losses always compute in float32.
+``mmcore.runtime.precision_context(device, precision)``. The losses always compute in float32.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from mmcore.config import Config, LossConfig, ModelConfig
-from mmcore.data.base import Batch, TaskType
+from mmcore.config import Fill, LossConfig, ModelConfig, TaskType
+from mmcore.heads import ClassifierHead, FeaturePredictor
 from mmcore.losses import alignment_loss, task_loss
 from mmcore.prompts import prompt_parameters
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only
+    from mmcore.data.base import Batch
     from mmcore.encoders import EncoderOutput
-
-Fill = Literal["predict", "zero", "dummy", "mean"]
-Modalities = Literal["both", "image", "text"]
-
-
-class FeaturePredictor(nn.Module):
-    """Map the available modality's prompt outputs (or its embedding) to the other's embedding.
-
-    ``pool`` says how K prompt outputs become one input: their mean, a softmax attention
-    with one learned score per token (``attention``: the predictor chooses which read-outs
-    to trust, per sample), or their concatenation (``concat``: every read-out keeps its own
-    weights, so ``num_prompts`` is fixed). An (N, D) embedding input is used as it is.
-    """
-
-    def __init__(self, in_dim: int, out_dim: int, hidden: int = 1024, layers: int = 2,
-                 pool: Literal["mean", "attention", "concat"] = "mean", num_prompts: int = 1
-                 ) -> None:
-        super().__init__()
-        if layers < 1:
-            raise ValueError(f"model.predictor_layers={layers}; must be >= 1")
-        if pool not in ("mean", "attention", "concat"):
-            raise ValueError(f"model.prompt_pool={pool!r}; valid: mean, attention, concat")
-        self.pool = pool
-        self.score = nn.Linear(in_dim, 1) if pool == "attention" else None
-        blocks: list[nn.Module] = []
-        width = in_dim * num_prompts if pool == "concat" else in_dim
-        for _ in range(layers - 1):
-            blocks += [nn.Linear(width, hidden), nn.LayerNorm(hidden), nn.GELU()]
-            width = hidden
-        blocks.append(nn.Linear(width, out_dim))
-        self.mlp = nn.Sequential(*blocks)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Predict a target embedding.
-
-        Args:
-            x: (N, K, D_in) prompt outputs, pooled as ``pool`` says, or (N, D_in) an embedding.
-
-        Returns:
-            (N, D_out) predicted embedding.
-        """
-        if x.dim() == 3:  # (N, K, D_in) -> (N, D_in) or (N, K * D_in)
-            if self.pool == "concat":
-                x = x.flatten(1)
-            elif self.score is not None:
-                x = (self.score(x).softmax(dim=1) * x).sum(dim=1)
-            else:
-                x = x.mean(dim=1)
-        return self.mlp(x)
-
-
-class ClassifierHead(nn.Module):
-    """Dropout + Linear on one modality's embedding; ``pre_logits`` returns the head's input."""
-
-    def __init__(self, in_dim: int, num_classes: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.drop = nn.Dropout(dropout)
-        self.fc = nn.Linear(in_dim, num_classes)
-
-    def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.drop(x)
-        return x if pre_logits else self.fc(x)  # (N, D) or (N, C)
 
 
 @dataclass
@@ -142,14 +80,8 @@ class FusionModel(nn.Module):
         text_encoder: nn.Module | None,
         num_classes: int,
         task_type: TaskType,
+        model_cfg: ModelConfig | None = None,
         loss_cfg: LossConfig | None = None,
-        predict_from: Literal["prompts", "cls"] = "prompts",
-        predictor_hidden: int = 1024,
-        predictor_layers: int = 2,
-        prompt_pool: Literal["mean", "attention", "concat"] = "mean",
-        fill: Fill = "predict",
-        head_dropout: float = 0.0,
-        image_size: int = 224,
         dummy_text: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         """
@@ -158,50 +90,44 @@ class FusionModel(nn.Module):
             text_encoder: BERT wrapper, or None for an image-only model.
             num_classes: logits per head (2 for binary tasks: see ``mmcore.losses.task_loss``).
             task_type: "multiclass", "multilabel" or "binary"; picks the task loss.
+            model_cfg: ``predict_from``, ``predictor_hidden``, ``predictor_layers``,
+                ``prompt_pool``, ``fill``, ``head_dropout`` and ``image_size`` (the side of
+                the all-ones dummy image) are used; default ``ModelConfig()``.
             loss_cfg: alignment loss, its coefficients, alpha and the stop-gradient.
-            predict_from: "prompts" (the method) or "cls" (the paper's baseline: the
-                source encoder's embedding feeds the predictor).
-            predictor_hidden: width of the predictor's hidden layers.
-            predictor_layers: linear layers per predictor.
-            prompt_pool: how a predictor reads the K prompt outputs (``FeaturePredictor``).
-            fill: what stands in for a missing modality: "predict", "zero" or "dummy".
-            head_dropout: dropout before each head's Linear.
-            image_size: side of the all-ones dummy image (fill "dummy").
             dummy_text: (1, L) input ids and attention mask of the empty text (fill "dummy").
         """
         super().__init__()
+        cfg = model_cfg or ModelConfig()
         if image_encoder is None and text_encoder is None:
             raise ValueError("FusionModel needs at least one encoder")
-        if predict_from not in ("prompts", "cls"):
-            raise ValueError(f"model.predict_from={predict_from!r}; valid: prompts, cls")
-        if fill not in ("predict", "zero", "dummy", "mean"):
-            raise ValueError(f"model.fill={fill!r}; valid: predict, zero, dummy, mean")
         if task_type == "binary" and num_classes != 2:
             raise ValueError(f"binary tasks use 2 logits (softmax), got num_classes={num_classes}")
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
         self.task_type: TaskType = task_type
         self.loss_cfg = loss_cfg or LossConfig()
-        self.predict_from = predict_from
-        self.fill = fill
-        self.image_size = image_size
+        self.predict_from = cfg.predict_from
+        self.fill = cfg.fill
+        self.image_size = cfg.image_size
         self.num_classes = num_classes
 
         self.heads = nn.ModuleDict()
         self.predictors = nn.ModuleDict()
         if image_encoder is not None:
-            self.heads["image"] = ClassifierHead(image_encoder.embed_dim, num_classes, head_dropout)
+            self.heads["image"] = ClassifierHead(image_encoder.embed_dim, num_classes,
+                                                 cfg.head_dropout)
         if text_encoder is not None:
-            self.heads["text"] = ClassifierHead(text_encoder.embed_dim, num_classes, head_dropout)
+            self.heads["text"] = ClassifierHead(text_encoder.embed_dim, num_classes,
+                                                cfg.head_dropout)
         if image_encoder is not None and text_encoder is not None:
             di, dt = image_encoder.embed_dim, text_encoder.embed_dim
-            pool = prompt_pool if predict_from == "prompts" else "mean"  # cls: one vector
+            pool = cfg.prompt_pool if cfg.predict_from == "prompts" else "mean"  # cls: one vector
             ki, kt = ((image_encoder.prompt_length, text_encoder.prompt_length)
                       if pool == "concat" else (1, 1))
             self.predictors["image_to_text"] = FeaturePredictor(
-                di, dt, predictor_hidden, predictor_layers, pool, ki)
+                di, dt, cfg.predictor_hidden, cfg.predictor_layers, pool, ki)
             self.predictors["text_to_image"] = FeaturePredictor(
-                dt, di, predictor_hidden, predictor_layers, pool, kt)
+                dt, di, cfg.predictor_hidden, cfg.predictor_layers, pool, kt)
         self._dummy_embeddings: dict[str, Tensor] = {}
         for name, encoder in (("image", image_encoder), ("text", text_encoder)):
             if encoder is not None:  # the training split's mean embedding (fill "mean")
@@ -256,7 +182,7 @@ class FusionModel(nn.Module):
                     tokens if rows.numel() == len(batch) else tokens.select(rows))
             elif rows.numel():
                 out = self.image_encoder(batch.pixel_values[rows])
-            image_emb, pred_text = self._place(out, rows, len(batch), "image", "text")
+            image_emb, pred_text = self._predict_and_scatter(out, rows, len(batch), "image", "text")
         if self.text_encoder is not None:
             rows = batch.has_text.nonzero().squeeze(1)  # (N,)
             out = None
@@ -267,12 +193,12 @@ class FusionModel(nn.Module):
             elif rows.numel():
                 out = self.text_encoder(*_trim_padding(batch.input_ids[rows],
                                                        batch.attention_mask[rows]))
-            text_emb, pred_image = self._place(out, rows, len(batch), "text", "image")
+            text_emb, pred_image = self._predict_and_scatter(out, rows, len(batch), "text", "image")
         return Embeddings(image_emb, text_emb, pred_image, pred_text,
                           batch.has_image, batch.has_text)
 
-    def _place(self, out: EncoderOutput | None, rows: Tensor, batch_size: int, source: str,
-               target: str) -> tuple[Tensor, Tensor | None]:
+    def _predict_and_scatter(self, out: EncoderOutput | None, rows: Tensor, batch_size: int,
+                             source: str, target: str) -> tuple[Tensor, Tensor | None]:
         """Predict the target from the encoded rows; scatter both into (B, D) zeros."""
         predictor = self.predictors[f"{source}_to_{target}"] if self.is_bimodal else None
         dim = self.heads[source].fc.in_features
@@ -406,105 +332,3 @@ def _trim_padding(input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Te
     """Drop the trailing columns that are padding in every selected row."""
     length = int(attention_mask.any(dim=0).nonzero().max()) + 1 if attention_mask.any() else 1
     return input_ids[:, :length], attention_mask[:, :length]
-
-
-def precision_context(device: torch.device | str, precision: Literal["bf16", "fp32"]
-                      ) -> contextlib.AbstractContextManager:
-    """bf16 autocast on ``device`` when asked and supported there, else a no-op context."""
-    device = torch.device(device)
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision != "bf16":
-        raise ValueError(f"run.precision={precision!r}; valid: bf16, fp32")
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
-def compile_encoders(model: FusionModel) -> FusionModel:
-    """``torch.compile`` each encoder in place (``run.compile``); returns ``model``.
-
-    Only the encoders: they hold nearly all the compute, and their graphs are static apart
-    from the batch size and the text length (marked dynamic after the first change, so one
-    recompilation). ``FusionModel.encode`` selects rows by availability, which would break
-    a whole-model graph. State-dict keys are unchanged (``Module.compile`` wraps the call,
-    not the module), so checkpoints load into compiled and eager models alike.
-    """
-    for encoder in (model.image_encoder, model.text_encoder):
-        if encoder is not None:
-            encoder.compile()
-    return model
-
-
-# --- construction ------------------------------------------------------------------------
-
-
-def build_model(cfg: Config, num_classes: int, task_type: TaskType) -> FusionModel:
-    """Build encoders from ``cfg.model``, apply its PEFT mode, and wrap them in a FusionModel.
-
-    PEFT decides which encoder weights train; the read-only prompts, predictors and heads
-    always train.
-
-    Args:
-        cfg: the full configuration (``model`` and ``loss`` sections are used).
-        num_classes: number of labels (2 for binary tasks).
-        task_type: "multiclass", "multilabel" or "binary".
-
-    Returns:
-        The model on the CPU, in training mode; its encoders compiled if ``run.compile``.
-    """
-    # imported here: timm and transformers take seconds to import, and nothing else needs them
-    from mmcore import encoders
-    from mmcore.peft import apply_peft
-
-    m = cfg.model
-    image = text = None
-    if m.modalities in ("both", "image"):
-        image = encoders.build_image_encoder(m)
-    if m.modalities in ("both", "text"):
-        text = encoders.build_text_encoder(m)
-    for encoder in (image, text):
-        if encoder is not None:
-            apply_peft(encoder, m.peft, m.lora_rank)  # leaves the read-only prompts trainable
-    dummy_text = None
-    if text is not None and (m.pretrained or m.fill == "dummy"):
-        dummy_text = _empty_text(m)  # random-weight builds may have no tokenizer at hand
-    model = FusionModel(
-        image, text, num_classes, task_type, loss_cfg=cfg.loss, predict_from=m.predict_from,
-        predictor_hidden=m.predictor_hidden, predictor_layers=m.predictor_layers,
-        prompt_pool=m.prompt_pool, fill=m.fill,
-        head_dropout=m.head_dropout, image_size=m.image_size,
-        dummy_text=dummy_text,
-    )
-    return compile_encoders(model) if cfg.run.compile else model
-
-
-def parameter_report(model: FusionModel) -> dict[str, tuple[int, int]]:
-    """Trainable and total parameter counts per part of the model.
-
-    Returns:
-        ``{part: (trainable, total)}`` for image_encoder, text_encoder (both without their
-        prompts), prompts, predictors, heads, and all.
-    """
-    groups: dict[str, list[nn.Parameter]] = {
-        "image_encoder": [], "text_encoder": [], "prompts": [], "predictors": [], "heads": []}
-    for name, encoder in (("image_encoder", model.image_encoder),
-                          ("text_encoder", model.text_encoder)):
-        if encoder is None:
-            continue
-        prompts = {id(p) for p in prompt_parameters(encoder)}
-        for p in encoder.parameters():
-            groups["prompts" if id(p) in prompts else name].append(p)
-    groups["predictors"] = list(model.predictors.parameters())
-    groups["heads"] = list(model.heads.parameters())
-    groups["all"] = list(model.parameters())
-    return {part: (sum(p.numel() for p in ps if p.requires_grad), sum(p.numel() for p in ps))
-            for part, ps in groups.items()}
-
-
-def _empty_text(model_cfg: ModelConfig) -> tuple[Tensor, Tensor]:
-    """Token ids and mask of the empty string (MAP's dummy text), shape (1, L)."""
-    from mmcore import encoders
-
-    tokens = encoders.load_tokenizer(model_cfg)("", return_tensors="pt")
-    return tokens["input_ids"], tokens["attention_mask"]

@@ -6,14 +6,12 @@ pretrained encoder's.
 """
 from __future__ import annotations
 
-from typing import Literal
-
 import torch.nn as nn
 
+from mmcore.config import PeftMode, check_choice, choices
 from mmcore.prompts import prompt_parameters
 
-PeftMode = Literal["bitfit", "frozen", "layernorm", "full", "lora"]
-PEFT_MODES: tuple[str, ...] = ("bitfit", "frozen", "layernorm", "full", "lora")
+PEFT_MODES: tuple[str, ...] = choices(PeftMode)
 
 
 def apply_peft(module: nn.Module, mode: PeftMode, lora_rank: int = 8) -> nn.Module:
@@ -30,8 +28,7 @@ def apply_peft(module: nn.Module, mode: PeftMode, lora_rank: int = 8) -> nn.Modu
     Returns:
         ``module`` itself (LoRA layers are injected in place).
     """
-    if mode not in PEFT_MODES:
-        raise ValueError(f"model.peft={mode!r}; valid: {', '.join(PEFT_MODES)}")
+    check_choice("model.peft", mode, PeftMode)
     if mode == "lora":
         _inject_lora(module, lora_rank)
     layernorm_params = {id(p) for m in module.modules() if isinstance(m, nn.LayerNorm)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mmcore.data.base import TaskType
+from mmcore.config import TaskType
 from mmcore.losses import task_loss
 from mmcore.metrics import compute_metrics, metric_for, r2_score
 from mmcore.model import Embeddings, FusionModel
@@ -106,7 +106,7 @@ def initialise_from_probes(model: FusionModel, train: Embeddings, train_labels: 
     Args:
         model: the fusion model, its heads and predictors as built.
         train, train_labels: the training split encoded with its real availability
-            (``mmcore.sweep.collect``).
+            (``mmcore.evaluation.collect``).
         val, val_labels: the validation split, the same way.
         fit: False sets only the mean fills.
 

@@ -35,7 +35,8 @@ from mmcore.config import Config
 from mmcore.data.base import Batch, MultimodalDataset
 from mmcore.encoders import TokenCache
 from mmcore.missing import MissingTable
-from mmcore.model import FusionModel, precision_context
+from mmcore.model import FusionModel
+from mmcore.runtime import precision_context
 from mmcore.weights import cache_dir
 
 FORMAT = 1

@@ -1,4 +1,4 @@
-"""The training engine: ``fit``, ``evaluate`` and ``load_or_train``; resumable and distributed.
+"""The training loop: ``fit`` and ``load_or_train``; optimiser, schedule, signals; resumable.
 
 ``fit`` trains any module whose ``forward(batch)`` returns an object with ``logits``,
 ``loss`` and ``terms`` (``FusionModel``'s ``ModelOutput``): AdamW with the encoder
@@ -18,11 +18,10 @@ leaves the previous ``last`` whole. The first SIGINT / SIGTERM lets the optimise
 way finish, saves ``last`` and raises ``TrainingInterrupted`` (resume=True continues from
 there); a second one aborts at once.
 
-Distributed: under ``torchrun`` (``WORLD_SIZE > 1``) ``fit`` joins the process group (gloo
-on CPU, nccl on CUDA), wraps the model in DistributedDataParallel, and ``evaluate``
-gathers every rank's logits and drops the samples DistributedSampler repeats, so metrics
-equal the single-process ones. ``optim.batch_size`` is the global batch: each of W ranks
-loads a W-th of it. Only rank 0 writes the run folder and shows progress bars.
+Distributed: under ``torchrun`` (``WORLD_SIZE > 1``) ``fit`` joins the process group
+(``mmcore.runtime``), wraps the model in DistributedDataParallel, and validates with
+``mmcore.evaluation.evaluate``, which gathers every rank's logits, so metrics equal the
+single-process ones. Only rank 0 writes the run folder and shows progress bars.
 
 Run folder (``run.out_dir``): ``config.yaml``, ``env.json`` (versions, device, seed),
 ``metrics.jsonl`` (one line per epoch), ``final.json`` (written last: the run finished),
@@ -31,29 +30,24 @@ Run folder (``run.out_dir``): ``config.yaml``, ``env.json`` (versions, device, s
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
-import itertools
 import json
 import math
 import os
-import platform
-import random
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from mmcore.checkpoint import (
@@ -66,10 +60,19 @@ from mmcore.checkpoint import (
     write_json,
 )
 from mmcore.config import Config, OptimConfig
-from mmcore.data.base import TaskType
-from mmcore.metrics import compute_metrics, metric_for
-from mmcore.model import precision_context
+from mmcore.evaluation import evaluate
+from mmcore.metrics import metric_for
 from mmcore.prompts import prompt_parameters
+from mmcore.runtime import (
+    DistInfo,
+    distributed_env,
+    environment,
+    init_distributed,
+    precision_context,
+    resolve_device,
+    seed_everything,
+    start_epoch,
+)
 
 EvaluateFn = Callable[[nn.Module, DataLoader], dict[str, float]]
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # stop after the current optimiser step
@@ -87,113 +90,6 @@ class FitResult:
     best_value: float  # its best value (NaN without validation)
     best_epoch: int  # epoch of the best checkpoint (0: the model before training)
     history: list[dict[str, float]]  # one row per epoch, as in metrics.jsonl
-
-
-# --- processes, devices, seeds ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def distributed_env() -> DistInfo:
-    """Rank, world size and local rank from torchrun's environment (1 process without it)."""
-    return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                    int(os.environ.get("LOCAL_RANK", 0)))
-
-
-def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
-    """``run.device`` as a torch device: "auto" picks CUDA when present (this rank's GPU)."""
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("run.device='cuda' but CUDA is not available; use 'auto' or 'cpu'")
-    if choice == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    torch.cuda.set_device(local_rank)
-    return torch.device("cuda", local_rank)
-
-
-def init_distributed(device: torch.device) -> DistInfo:
-    """Join the process group when launched with WORLD_SIZE > 1 (the caller destroys it)."""
-    info = distributed_env()
-    if info.world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return info
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-# --- data --------------------------------------------------------------------------------------
-
-
-class ResumableSampler(DistributedSampler):
-    """DistributedSampler (this rank's share of a ``seed + epoch`` permutation) that can start
-    mid-epoch. It needs no process group: rank and world size come from the environment."""
-
-    def __init__(self, dataset: Dataset, shuffle: bool, seed: int) -> None:
-        info = distributed_env()
-        super().__init__(dataset, info.world_size, info.rank, shuffle=shuffle, seed=seed)
-        self.start = 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Use epoch ``epoch``'s order, skipping this rank's first ``start`` samples."""
-        super().set_epoch(epoch)
-        self.start = start
-
-    def __iter__(self) -> Iterator[int]:
-        return itertools.islice(super().__iter__(), self.start, None)
-
-
-def _seed_worker(worker_id: int) -> None:
-    np.random.seed(torch.initial_seed() % 2**32)  # torch seeds workers' torch and random
-
-
-def build_loader(dataset: Dataset, batch_size: int, collate_fn: Callable, *, train: bool,
-                 seed: int = 0, num_workers: int = 0) -> DataLoader:
-    """A seeded, resumable DataLoader that splits each batch over torchrun's processes.
-
-    Args:
-        dataset: a map-style dataset (``MultimodalDataset``).
-        batch_size: the global batch (``optim.batch_size`` / ``run.eval_batch_size``); each
-            of W processes loads ``batch_size / W`` samples.
-        collate_fn: e.g. ``mmcore.data.Collator``.
-        train: shuffle (a new permutation per epoch) or keep the dataset's order.
-        seed: the run seed.
-        num_workers: DataLoader worker processes.
-    """
-    world = distributed_env().world_size
-    if batch_size % world:
-        raise ValueError(f"batch size {batch_size} (optim.batch_size / run.eval_batch_size) "
-                         f"is not divisible by the {world} processes")
-    return DataLoader(dataset, batch_size=batch_size // world, collate_fn=collate_fn,
-                      sampler=ResumableSampler(dataset, shuffle=train, seed=seed),
-                      num_workers=num_workers, worker_init_fn=_seed_worker,
-                      generator=torch.Generator().manual_seed(seed))
-
-
-def _start_epoch(loader: DataLoader, epoch: int, batches_done: int, seed: int, rank: int
-                 ) -> Iterator:
-    """Iterate ``loader`` for ``epoch`` from micro-batch ``batches_done`` on."""
-    if loader.generator is not None:  # worker seeds: a function of (seed, rank, epoch) alone
-        loader.generator.manual_seed((seed * 1_000_003 + rank) * 1_000_003 + epoch)
-    sampler = loader.sampler
-    if isinstance(sampler, ResumableSampler):
-        sampler.set_epoch(epoch, start=batches_done * loader.batch_size)
-        return iter(loader)
-    if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)
-    return itertools.islice(loader, batches_done, None)  # any other loader: skip by loading
 
 
 # --- optimisation ------------------------------------------------------------------------------
@@ -229,64 +125,6 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-# --- evaluation --------------------------------------------------------------------------------
-
-
-def _gather_rows(x: Tensor) -> Tensor:
-    """Concatenate every rank's rows (ranks may hold different numbers of rows)."""
-    world = dist.get_world_size()
-    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
-    dist.all_gather(sizes, torch.tensor([len(x)], device=x.device))
-    padded = x.new_zeros((int(max(sizes)), *x.shape[1:]))
-    padded[:len(x)] = x
-    parts = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(parts, padded)
-    return torch.cat([p[:int(n)] for p, n in zip(parts, sizes)])
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, task_type: TaskType,
-             precision: str = "fp32", progress: bool = False
-             ) -> tuple[dict[str, float], Tensor, Tensor]:
-    """Score a model on a loader; under torchrun, over every rank's share.
-
-    Args:
-        model: returns ``.logits`` for a ``Batch`` (a DDP wrapper is unwrapped).
-        loader: batches carrying ``index`` (the sample's position in its split).
-        task_type: "multiclass", "multilabel" or "binary" (picks the metrics).
-        precision: "bf16" (autocast where supported) or "fp32".
-        progress: show a progress bar (rank 0 only).
-
-    Returns:
-        ``compute_metrics``'s dict, and the (N, C) float32 logits and labels on the CPU,
-        one row per sample in split order (DistributedSampler's repeats removed).
-    """
-    net = model.module if isinstance(model, DistributedDataParallel) else model
-    was_training = net.training
-    net.eval()
-    device = next(net.parameters()).device
-    index, logits, labels = [], [], []
-    shown = progress and distributed_env().is_main
-    for batch in tqdm(loader, desc="eval", disable=not shown, leave=False):
-        if len(batch) == 0:  # every row skipped by bad_sample_policy="skip"
-            continue
-        batch = batch.to(device)
-        with precision_context(device, precision):
-            out = net(batch)
-        index.append(batch.index)
-        logits.append(out.logits.float())
-        labels.append(batch.labels)
-    net.train(was_training)
-    index, logits, labels = torch.cat(index), torch.cat(logits), torch.cat(labels)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        index, logits, labels = (_gather_rows(t) for t in (index, logits, labels))
-    index, order = torch.sort(index, stable=True)
-    first = torch.ones_like(index, dtype=torch.bool)
-    first[1:] = index[1:] != index[:-1]  # DistributedSampler pads with repeated samples
-    logits, labels = logits[order][first].cpu(), labels[order][first].cpu()
-    return compute_metrics(logits, labels, task_type), logits, labels
-
-
 # --- run folder and checkpoints -----------------------------------------------------------------
 
 
@@ -309,30 +147,6 @@ def _gather_rng(info: DistInfo, device: torch.device) -> dict[int, dict[str, Ten
         for r, part in enumerate(parts):
             out[r][key] = part.cpu()
     return out
-
-
-def environment(device: torch.device, seed: int, world_size: int) -> dict[str, Any]:
-    """Versions and hardware facts that decide speed and numerics (``env.json``)."""
-    def version(package: str) -> str | None:
-        try:
-            return importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    cpuinfo = Path("/proc/cpuinfo")
-    flags = cpuinfo.read_text().split() if cpuinfo.is_file() else []
-    return {
-        "seed": seed, "world_size": world_size, "device": str(device),
-        "python": platform.python_version(), "platform": platform.platform(),
-        "torch": torch.__version__,
-        **{p: version(p) for p in ("timm", "transformers", "mmcore")},
-        "cuda": torch.version.cuda if device.type == "cuda" else None,
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
-        "cpu_bf16_flags": sorted({f for f in flags if f in ("avx512_bf16", "amx_bf16")}),
-        "threads": torch.get_num_threads(),
-    }
 
 
 # --- training ----------------------------------------------------------------------------------
@@ -432,17 +246,19 @@ class _Trainer:
 
     def train_epoch(self, loader: DataLoader, state: _Progress) -> None:
         """Run (the rest of) epoch ``state.epoch``, stepping every ``grad_accum`` micro-batches."""
-        o, n, ddp = self.cfg.optim, len(loader), isinstance(self.net, DistributedDataParallel)
+        optim, n_batches = self.cfg.optim, len(loader)
+        ddp = isinstance(self.net, DistributedDataParallel)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.model.train()
-        bar = tqdm(total=n, initial=state.batches, desc=f"epoch {state.epoch + 1}/{o.epochs}",
+        bar = tqdm(total=n_batches, initial=state.batches,
+                   desc=f"epoch {state.epoch + 1}/{optim.epochs}",
                    disable=not (self.cfg.run.progress and self.info.is_main))
         sums, tic = state.sums, time.perf_counter()
-        for i, batch in enumerate(_start_epoch(loader, state.epoch, state.batches,
-                                               self.cfg.run.seed, self.info.rank),
+        for i, batch in enumerate(start_epoch(loader, state.epoch, state.batches,
+                                              self.cfg.run.seed, self.info.rank),
                                   start=state.batches):
-            window = min(o.grad_accum, n - i // o.grad_accum * o.grad_accum)
-            steps_now = (i + 1) % o.grad_accum == 0 or i + 1 == n
+            window = min(optim.grad_accum, n_batches - i // optim.grad_accum * optim.grad_accum)
+            steps_now = (i + 1) % optim.grad_accum == 0 or i + 1 == n_batches
             if len(batch):
                 with self.net.no_sync() if ddp and not steps_now else contextlib.nullcontext():
                     with precision_context(self.device, self.cfg.run.precision):
@@ -457,8 +273,8 @@ class _Trainer:
             bar.update(1)
             if not steps_now:
                 continue
-            if o.clip_grad > 0:
-                torch.nn.utils.clip_grad_norm_(trainable, o.clip_grad)
+            if optim.clip_grad > 0:
+                torch.nn.utils.clip_grad_norm_(trainable, optim.clip_grad)
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -470,7 +286,7 @@ class _Trainer:
                     f"{sums['samples'] * self.info.world_size / sums['time_s']:.1f}"))
             every = self.cfg.run.checkpoint_every
             signum = self.stop.requested()
-            if signum or (every and state.step % every == 0 and i + 1 < n):
+            if signum or (every and state.step % every == 0 and i + 1 < n_batches):
                 self.save_last(state)
             if signum:
                 bar.close()
@@ -554,46 +370,19 @@ def fit(
                          "dataset a task_type attribute, or pass evaluate_fn")
     seed_everything(cfg.run.seed + info.rank)
     model.to(device)
-    o = cfg.optim
-    optimizer = torch.optim.AdamW(param_groups(model, o), lr=o.lr, weight_decay=o.weight_decay)
-    total = math.ceil(len(train_loader) / o.grad_accum) * o.epochs
+    optim = cfg.optim
+    optimizer = torch.optim.AdamW(param_groups(model, optim), lr=optim.lr,
+                                  weight_decay=optim.weight_decay)
+    total = math.ceil(len(train_loader) / optim.grad_accum) * optim.epochs
     scheduler = LambdaLR(optimizer, partial(lr_factor, total=total,
-                                            warmup=round(o.warmup_ratio * total)))
+                                            warmup=round(optim.warmup_ratio * total)))
     state = _Progress(metric=metric_for(task_type).name if evaluate_fn is None and task_type
                       else "")
     if (run_dir / LAST).exists():
-        if not resume:
-            raise FileExistsError(f"{run_dir} already holds a run ({run_dir / LAST}); pass "
-                                  "resume=True to continue it (load_or_train does) or choose "
-                                  "another run.out_dir")
-        _, meta = read_checkpoint(run_dir / LAST, with_tensors=False)
-        if diff := _config_diff(meta["config"], cfg):
-            raise CheckpointError(f"{run_dir / LAST} was trained with a different config; "
-                                  f"changed: {'; '.join(diff)}")
-        if meta["world_size"] != info.world_size:
-            raise CheckpointError(f"{run_dir / LAST} was saved by {meta['world_size']} "
-                                  f"processes; resume it with as many (now {info.world_size})")
-        load_checkpoint(run_dir / LAST, model, optimizer, rank=info.rank)
-        scheduler.load_state_dict(meta["scheduler"])
-        state = _Progress(**meta["progress"])
-        if info.is_main:  # left by writes that a hard kill cut short (atomic_write's names)
-            for stale in (run_dir / LAST).parent.glob(".*.tmp*"):
-                stale.unlink(missing_ok=True)
+        state = _resume(run_dir, cfg, info, model, optimizer, scheduler, resume)
     elif info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(run_dir / "config.yaml", cfg.to_yaml().encode())
-        write_json(run_dir / "env.json", environment(device, cfg.run.seed, info.world_size))
-        if on_run_dir is not None:
-            on_run_dir(run_dir)
+        _start_run_dir(run_dir, cfg, device, info, on_run_dir)
 
-    net = model
-    if info.world_size > 1:
-        # a step may leave trainable parameters without a gradient: a rank's batch can lack
-        # a modality (real missingness or the missing table skip that encoder and the
-        # alignment), and some never get one (a pooler's bias, the prompts under
-        # predict_from="cls"); DDP must look for them in every step
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.index is not None
-                                      else None, find_unused_parameters=True)
     def validate(row: dict[str, float]) -> None:
         """Score the model on validation into ``row``; keep it as ``best`` if it is."""
         if val_loader is None:
@@ -611,24 +400,77 @@ def fit(
                     "metrics": scores})
 
     with _StopSignals(info, device) as stop:
-        trainer = _Trainer(model, net, optimizer, scheduler, cfg, info, device, run_dir, stop)
-        if not state.history:  # epoch 0: the model as built (closed-form fits, if any)
-            start = {"epoch": 0, "step": 0}
-            validate(start)
-            state.history.append(start)
-            _write_history(run_dir, state, info)
-            trainer.save_last(state)
-        while state.epoch < o.epochs:
-            trainer.train_epoch(train_loader, state)
-            row = trainer.epoch_row(state)
-            validate(row)
-            state.history.append(row)
-            state.epoch, state.batches, state.sums = state.epoch + 1, 0, {}
-            _write_history(run_dir, state, info)  # before `last`: a kill in between redoes
-            trainer.save_last(state)  # the epoch
-            if state.epoch < o.epochs and (signum := stop.requested()):
-                raise TrainingInterrupted(signum, run_dir / LAST, state.step)  # saved above
+        trainer = _Trainer(model, _wrap_ddp(model, device, info), optimizer, scheduler, cfg,
+                           info, device, run_dir, stop)
+        _run_epochs(trainer, train_loader, state, validate)
     return _finish(model, run_dir, state, cfg, info)
+
+
+def _resume(run_dir: Path, cfg: Config, info: DistInfo, model: nn.Module,
+            optimizer: torch.optim.Optimizer, scheduler: LambdaLR, resume: bool) -> _Progress:
+    """Load the run saved in ``run_dir`` after checking it is the same run; its progress."""
+    if not resume:
+        raise FileExistsError(f"{run_dir} already holds a run ({run_dir / LAST}); pass "
+                              "resume=True to continue it (load_or_train does) or choose "
+                              "another run.out_dir")
+    _, meta = read_checkpoint(run_dir / LAST, with_tensors=False)
+    if diff := _config_diff(meta["config"], cfg):
+        raise CheckpointError(f"{run_dir / LAST} was trained with a different config; "
+                              f"changed: {'; '.join(diff)}")
+    if meta["world_size"] != info.world_size:
+        raise CheckpointError(f"{run_dir / LAST} was saved by {meta['world_size']} "
+                              f"processes; resume it with as many (now {info.world_size})")
+    load_checkpoint(run_dir / LAST, model, optimizer, rank=info.rank)
+    scheduler.load_state_dict(meta["scheduler"])
+    if info.is_main:  # left by writes that a hard kill cut short (atomic_write's names)
+        for stale in (run_dir / LAST).parent.glob(".*.tmp*"):
+            stale.unlink(missing_ok=True)
+    return _Progress(**meta["progress"])
+
+
+def _start_run_dir(run_dir: Path, cfg: Config, device: torch.device, info: DistInfo,
+                   on_run_dir: Callable[[Path], None] | None) -> None:
+    """A new run folder: its config, its environment, and whatever ``on_run_dir`` adds."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(run_dir / "config.yaml", cfg.to_yaml().encode())
+    write_json(run_dir / "env.json", environment(device, cfg.run.seed, info.world_size))
+    if on_run_dir is not None:
+        on_run_dir(run_dir)
+
+
+def _wrap_ddp(model: nn.Module, device: torch.device, info: DistInfo) -> nn.Module:
+    """What the forward pass runs: ``model``, or under torchrun its DDP wrapper."""
+    if info.world_size == 1:
+        return model
+    # a step may leave trainable parameters without a gradient: a rank's batch can lack a
+    # modality (real missingness or the missing table skip that encoder and the alignment),
+    # and some never get one (a pooler's bias, the prompts under predict_from="cls"); DDP
+    # must look for them in every step
+    return DistributedDataParallel(model, device_ids=[device.index] if device.index is not None
+                                   else None, find_unused_parameters=True)
+
+
+def _run_epochs(trainer: _Trainer, train_loader: DataLoader, state: _Progress,
+                validate: Callable[[dict[str, float]], None]) -> None:
+    """Epoch 0 (the model as built) if not done yet, then the remaining epochs; each one is
+    validated, logged to ``metrics.jsonl`` and saved as ``last``."""
+    run_dir, info, epochs = trainer.run_dir, trainer.info, trainer.cfg.optim.epochs
+    if not state.history:  # epoch 0: the model as built (closed-form fits, if any)
+        start = {"epoch": 0, "step": 0}
+        validate(start)
+        state.history.append(start)
+        _write_history(run_dir, state, info)
+        trainer.save_last(state)
+    while state.epoch < epochs:
+        trainer.train_epoch(train_loader, state)
+        row = trainer.epoch_row(state)
+        validate(row)
+        state.history.append(row)
+        state.epoch, state.batches, state.sums = state.epoch + 1, 0, {}
+        _write_history(run_dir, state, info)  # before `last`: a kill in between redoes
+        trainer.save_last(state)  # the epoch
+        if state.epoch < epochs and (signum := trainer.stop.requested()):
+            raise TrainingInterrupted(signum, run_dir / LAST, state.step)  # saved above
 
 
 def _finish(model: nn.Module, run_dir: Path, state: _Progress, cfg: Config, info: DistInfo
@@ -679,19 +521,10 @@ def load_or_train(
 
 
 __all__ = [
-    "DistInfo",
     "FitResult",
-    "ResumableSampler",
     "TrainingInterrupted",
-    "build_loader",
-    "distributed_env",
-    "environment",
-    "evaluate",
     "fit",
-    "init_distributed",
     "load_or_train",
     "lr_factor",
     "param_groups",
-    "resolve_device",
-    "seed_everything",
 ]

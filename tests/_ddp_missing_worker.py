@@ -13,7 +13,8 @@ from _toy import DIM, ToyData, ToyModel, ToyOutput
 
 from mmcore.config import Config
 from mmcore.data.base import Batch
-from mmcore.train import build_loader, fit, seed_everything
+from mmcore.runtime import build_loader, seed_everything
+from mmcore.train import fit
 
 
 class SkippingModel(ToyModel):

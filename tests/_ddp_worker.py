@@ -11,7 +11,9 @@ from safetensors.torch import save_file
 from test_train import _build  # tests/ is on sys.path: it is this script's folder
 
 from mmcore.config import Config
-from mmcore.train import distributed_env, evaluate, fit
+from mmcore.evaluation import evaluate
+from mmcore.runtime import distributed_env
+from mmcore.train import fit
 
 
 def main(run_dir: str, overrides: list[str]) -> None:

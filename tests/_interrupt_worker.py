@@ -28,7 +28,8 @@ from _toy import ToyData, ToyModel
 
 from mmcore.config import Config
 from mmcore.data.base import Batch
-from mmcore.train import TrainingInterrupted, build_loader, fit, seed_everything
+from mmcore.runtime import build_loader, seed_everything
+from mmcore.train import TrainingInterrupted, fit
 
 INTERRUPTED = 3  # exit code of a run that fit stopped cleanly
 

@@ -13,9 +13,11 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from transformers import BertConfig, BertModel
 
+from mmcore.build import compile_encoders
+from mmcore.config import ModelConfig
 from mmcore.data.base import Batch
 from mmcore.encoders import ImageEncoder, TextEncoder
-from mmcore.model import FusionModel, compile_encoders
+from mmcore.model import FusionModel
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "benchmarks" / "run.py"
@@ -65,7 +67,8 @@ def test_compiled_encoders_match_eager() -> None:
                           attention_probs_dropout_prob=0.0)
     bert_cfg._attn_implementation = "sdpa"
     text = TextEncoder(BertModel(bert_cfg), "mean", 2, prompt_init_token_id=1)
-    eager = FusionModel(ImageEncoder(vit, 2), text, 3, "multiclass")
+    eager = FusionModel(ImageEncoder(vit, 2), text, 3, "multiclass",
+                        model_cfg=ModelConfig(head_dropout=0.0))
     compiled = compile_encoders(copy.deepcopy(eager))
     assert list(compiled.state_dict()) == list(eager.state_dict())
     g = torch.Generator().manual_seed(0)

@@ -4,11 +4,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from _clipart_rows import write_manifest
 
-from mmcore.cli import _record_data, main, parser
+from mmcore.cli import main, parser
+from mmcore.commands import _record_data
 from mmcore.config import Config
 from mmcore.data.check import check_data
 from mmcore.data.problems import DataError
@@ -135,6 +137,25 @@ def test_ctrl_c_while_checking_is_one_line(monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("mmcore.cli.check_data", interrupted)
+    monkeypatch.setattr("mmcore.commands.check_data", interrupted)
     assert main(["check-data"]) == 130
     assert capsys.readouterr().err == "error: interrupted\n"
+
+
+def test_help_imports_no_loader_image_library_or_progress_bar():
+    """``python -m mmcore --help`` answers without importing the training stack."""
+    probe = ("import runpy, sys\n"
+             "sys.argv = ['mmcore', '--help']\n"
+             "try:\n"
+             "    runpy.run_module('mmcore', run_name='__main__', alter_sys=True)\n"
+             "except SystemExit as stop:\n"
+             "    assert stop.code == 0, stop.code\n"
+             "print(' '.join(sorted(sys.modules)))\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], check=True)
+    loaded = set(done.stdout.split("\n")[-2].split())
+    assert "usage: python -m mmcore" in done.stdout
+    heavy = {m for m in loaded if m.split(".")[0] in ("PIL", "tqdm", "timm", "transformers",
+                                                      "torchvision", "torch")}
+    assert not heavy, sorted(heavy)[:10]
+    assert not {m for m in loaded if m.startswith("mmcore.data")}

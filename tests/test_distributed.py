@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from test_train import TIMING, _build, _cfg
 
 from mmcore.checkpoint import read_checkpoint
-from mmcore.train import evaluate, fit
+from mmcore.evaluation import evaluate
+from mmcore.train import fit
 
 pytestmark = pytest.mark.distributed
 WORKER = Path(__file__).with_name("_ddp_worker.py")

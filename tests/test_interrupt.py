@@ -27,7 +27,8 @@ from _toy import ToyData, ToyModel
 import mmcore.checkpoint
 from mmcore.checkpoint import read_checkpoint, save_checkpoint
 from mmcore.config import Config
-from mmcore.train import TrainingInterrupted, build_loader, fit, seed_everything
+from mmcore.runtime import build_loader, seed_everything
+from mmcore.train import TrainingInterrupted, fit
 
 WORKER = Path(__file__).with_name("_interrupt_worker.py")
 LAST = "checkpoints/last.safetensors"

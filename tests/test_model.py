@@ -8,11 +8,14 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from mmcore.config import LossConfig
+from mmcore.config import LossConfig, ModelConfig
 from mmcore.data.base import Batch
+from mmcore.build import parameter_report
+from mmcore.heads import FeaturePredictor
 from mmcore.losses import alignment_loss
-from mmcore.model import FeaturePredictor, FusionModel, parameter_report, precision_context
+from mmcore.model import FusionModel
 from mmcore.prompts import ReadOnlyPrompts
+from mmcore.runtime import precision_context
 
 DI, DT, K, C = 8, 6, 3, 4
 ROW_BASE = 10  # row r carries the marker r + ROW_BASE so a spy can tell which rows it got
@@ -83,7 +86,9 @@ def make_model(seed: int = 0, **kwargs) -> FusionModel:
     text = SpyTextEncoder() if modalities in ("both", "text") else None
     kwargs.setdefault("dummy_text", (torch.tensor([[ROW_BASE - 1, 2]]), torch.ones(1, 2)))
     kwargs.setdefault("task_type", "multiclass")
-    return FusionModel(image, text, num_classes=C, predictor_hidden=16, image_size=4, **kwargs)
+    fields = {k: kwargs.pop(k) for k in list(kwargs) if k in ModelConfig.__dataclass_fields__}
+    model_cfg = ModelConfig(predictor_hidden=16, image_size=4, head_dropout=0.0, **fields)
+    return FusionModel(image, text, num_classes=C, model_cfg=model_cfg, **kwargs)
 
 
 HAS_IMAGE = [True, False, True, True, False, True]
@@ -96,15 +101,15 @@ def rows(mask: list[bool]) -> list[int]:
 
 def test_feature_predictor_pools_prompts_and_respects_depth():
     torch.manual_seed(0)
-    one = FeaturePredictor(5, 7, hidden=11, layers=1)
-    three = FeaturePredictor(5, 7, hidden=11, layers=3)
+    one = FeaturePredictor(5, 7, hidden=11, layers=1, pool="mean")
+    three = FeaturePredictor(5, 7, hidden=11, layers=3, pool="mean")
     assert sum(isinstance(m, nn.Linear) for m in one.modules()) == 1
     assert sum(isinstance(m, nn.Linear) for m in three.modules()) == 3
     prompts = torch.randn(4, K, 5)
     torch.testing.assert_close(three(prompts), three(prompts.mean(dim=1)))
     assert three(prompts).shape == (4, 7)
     with pytest.raises(ValueError, match="predictor_layers"):
-        FeaturePredictor(5, 7, layers=0)
+        FeaturePredictor(5, 7, hidden=11, layers=0, pool="mean")
 
 
 def test_feature_predictor_attention_and_concat_pooling():
@@ -123,7 +128,7 @@ def test_feature_predictor_attention_and_concat_pooling():
     assert concat(prompts).shape == (4, 7)
     assert not torch.allclose(concat(prompts), concat(prompts.flip(1)))  # order matters
     with pytest.raises(ValueError, match="prompt_pool"):
-        FeaturePredictor(5, 7, pool="max")
+        FeaturePredictor(5, 7, hidden=11, layers=2, pool="max")
 
 
 def test_encoders_only_see_rows_that_have_their_modality():
@@ -328,7 +333,7 @@ def test_bf16_autocast_forward_backward():
 @pytest.fixture(scope="module")
 def real_model():
     from mmcore.config import Config
-    from mmcore.model import build_model
+    from mmcore.build import build_model
 
     torch.manual_seed(0)
     cfg = Config.from_params(preset="offline", peft="bitfit", image_size=112, prompt_length=2,

@@ -61,7 +61,8 @@ def _tiny_model() -> FusionModel:
     return FusionModel(ImageEncoder(tiny_vit(), prompt_length=3),
                        TextEncoder(tiny_bert(), pooling="mean", prompt_length=2,
                                    prompt_init_token_id=1),
-                       num_classes=3, task_type="multiclass")
+                       num_classes=3, task_type="multiclass",
+                       model_cfg=ModelConfig(head_dropout=0.0))
 
 
 def _split_cache(model: FusionModel) -> tuple[SplitCache, Batch]:

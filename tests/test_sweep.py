@@ -8,7 +8,7 @@ import torch
 
 from mmcore.metrics import compute_metrics
 from mmcore.missing import MissingTable
-from mmcore.sweep import collect, score, sweep
+from mmcore.evaluation import collect, score, sweep
 from test_model import make_batch, make_model
 
 N_BATCHES, B = 3, 8

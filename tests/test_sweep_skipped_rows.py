@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mmcore.missing import MissingTable
-from mmcore.sweep import collect, score, sweep
+from mmcore.evaluation import collect, score, sweep
 from test_model import make_batch, make_model
 
 

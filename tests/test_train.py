@@ -25,15 +25,9 @@ from mmcore.checkpoint import (
 )
 from mmcore.config import Config
 from mmcore.metrics import compute_metrics
-from mmcore.train import (
-    build_loader,
-    evaluate,
-    fit,
-    load_or_train,
-    lr_factor,
-    param_groups,
-    seed_everything,
-)
+from mmcore.evaluation import evaluate
+from mmcore.runtime import build_loader, seed_everything
+from mmcore.train import fit, load_or_train, lr_factor, param_groups
 
 TIMING = ("time_s", "samples_per_s")  # the only fields that may differ between equal runs
 

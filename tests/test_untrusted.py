@@ -20,7 +20,8 @@ import mmcore
 import mmcore.weights as weights
 from mmcore.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from mmcore.config import Config, ModelConfig
-from mmcore.train import build_loader, fit, seed_everything
+from mmcore.runtime import build_loader, seed_everything
+from mmcore.train import fit
 
 
 class _CreatesMarker:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-TaskType = Literal["multiclass", "multilabel", "binary"]
+from mmcore.config import TaskType
 
 
 @dataclass(frozen=True)

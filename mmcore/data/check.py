@@ -272,12 +272,18 @@ def _check_splits(datasets: dict[str, MultimodalDataset], cfg: Config,
                                         split, s.id))
             seen.setdefault(s.id, split)
     train = datasets.get("train")
-    if train is not None and 0 < len(train) < cfg.optim.batch_size:
-        problems.append(Problem(
-            "batch_too_large", policy["batch_too_large"], None, None, "optim.batch_size",
-            f"optim.batch_size={cfg.optim.batch_size} is larger than the training split "
-            f"({len(train)} samples); valid: 1..{len(train)}", "train"))
+    if train is not None and len(train) and (problem := batch_size_problem(cfg, len(train))):
+        problems.append(Problem("batch_too_large", policy["batch_too_large"], None, None,
+                                "optim.batch_size", problem, "train"))
     return problems
 
 
-__all__ = ["Report", "STOP_EXIT_CODE", "check_data"]
+def batch_size_problem(cfg: Config, train_size: int) -> str | None:
+    """Why ``optim.batch_size`` does not fit a training split of ``train_size``, or None."""
+    if cfg.optim.batch_size <= train_size:
+        return None
+    return (f"optim.batch_size={cfg.optim.batch_size} is larger than the training split "
+            f"({train_size} samples); valid: 1..{train_size}")
+
+
+__all__ = ["Report", "STOP_EXIT_CODE", "batch_size_problem", "check_data"]

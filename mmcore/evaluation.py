@@ -1,10 +1,14 @@
-"""Evaluation that costs one pass: encode each test sample once, score every missingness from cache.
+"""From a model's logits to metrics: the per-epoch validation, and the one-pass missingness sweep.
 
-For every sample the encoders run once, on the modalities it really has, and the
-feature predictors turn each into a guess of the other (``FusionModel.encode``). Hiding
-a modality afterwards only swaps which of the cached vectors a head sees, so any
-(missing type, rate, seed) and any fill is scored by re-running the two linear heads:
-a sweep of 11 rates x 3 types x 3 seeds costs about one evaluation pass, not 99.
+``evaluate`` scores any model that returns ``.logits`` on a loader (under torchrun, over
+every rank's share, with DistributedSampler's repeats dropped), as ``fit`` does each epoch.
+
+The sweep costs one pass: for every sample the encoders run once, on the modalities it
+really has, and the feature predictors turn each into a guess of the other
+(``FusionModel.encode``). Hiding a modality afterwards only swaps which of the cached
+vectors a head sees, so any (missing type, rate, seed) and any fill is scored by
+re-running the two linear heads: a sweep of 11 rates x 3 types x 3 seeds costs about one
+evaluation pass, not 99.
 """
 from __future__ import annotations
 
@@ -14,17 +18,82 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
+import torch.distributed as dist
+import torch.nn as nn
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from mmcore.data.base import TaskType
+from mmcore.config import Precision, TaskType
 from mmcore.metrics import compute_metrics, metric_for, partner_stats, r2_score
 from mmcore.missing import MISSING_TYPES, MissingTable
-from mmcore.model import Embeddings, FusionModel, precision_context
+from mmcore.model import Embeddings, FusionModel
+from mmcore.runtime import distributed_env, precision_context
 
 DEFAULT_RATES: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))  # 0.0 ... 1.0
 DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)
+
+
+# --- one pass over a loader (validation during training) -------------------------------------
+
+
+def _gather_rows(x: Tensor) -> Tensor:
+    """Concatenate every rank's rows (ranks may hold different numbers of rows)."""
+    world = dist.get_world_size()
+    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([len(x)], device=x.device))
+    padded = x.new_zeros((int(max(sizes)), *x.shape[1:]))
+    padded[:len(x)] = x
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:int(n)] for p, n in zip(parts, sizes)])
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, task_type: TaskType,
+             precision: Precision = "fp32", progress: bool = False
+             ) -> tuple[dict[str, float], Tensor, Tensor]:
+    """Score a model on a loader; under torchrun, over every rank's share.
+
+    Args:
+        model: returns ``.logits`` for a ``Batch`` (a DDP wrapper is unwrapped).
+        loader: batches carrying ``index`` (the sample's position in its split).
+        task_type: "multiclass", "multilabel" or "binary" (picks the metrics).
+        precision: "bf16" (autocast where supported) or "fp32".
+        progress: show a progress bar (rank 0 only).
+
+    Returns:
+        ``compute_metrics``'s dict, and the (N, C) float32 logits and labels on the CPU,
+        one row per sample in split order (DistributedSampler's repeats removed).
+    """
+    net = model.module if isinstance(model, DistributedDataParallel) else model
+    was_training = net.training
+    net.eval()
+    device = next(net.parameters()).device
+    index, logits, labels = [], [], []
+    shown = progress and distributed_env().is_main
+    for batch in tqdm(loader, desc="eval", disable=not shown, leave=False):
+        if len(batch) == 0:  # every row skipped by bad_sample_policy="skip"
+            continue
+        batch = batch.to(device)
+        with precision_context(device, precision):
+            out = net(batch)
+        index.append(batch.index)
+        logits.append(out.logits.float())
+        labels.append(batch.labels)
+    net.train(was_training)
+    index, logits, labels = torch.cat(index), torch.cat(logits), torch.cat(labels)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        index, logits, labels = (_gather_rows(t) for t in (index, logits, labels))
+    index, order = torch.sort(index, stable=True)
+    first = torch.ones_like(index, dtype=torch.bool)
+    first[1:] = index[1:] != index[:-1]  # DistributedSampler pads with repeated samples
+    logits, labels = logits[order][first].cpu(), labels[order][first].cpu()
+    return compute_metrics(logits, labels, task_type), logits, labels
+
+
+# --- the sweep: encode once, score every missingness from the cache --------------------------
 
 
 @dataclass
@@ -41,7 +110,7 @@ class EmbeddingCache:
 
 @torch.no_grad()
 def collect(model: FusionModel, loader: DataLoader, device: torch.device | str = "cpu",
-            precision: str = "bf16", progress: bool = True) -> EmbeddingCache:
+            precision: Precision = "bf16", progress: bool = True) -> EmbeddingCache:
     """Encode a split once with every modality it really has.
 
     Args:
@@ -170,3 +239,7 @@ def _move(x: Tensor | None, device: torch.device | str) -> Tensor | None:
 
 def _cat(chunks: list[Tensor | None], order: Tensor) -> Tensor | None:
     return None if chunks[0] is None else torch.cat(chunks)[order]
+
+
+__all__ = ["DEFAULT_RATES", "DEFAULT_SEEDS", "EmbeddingCache", "collect", "evaluate",
+           "predictor_report", "score", "sweep"]
