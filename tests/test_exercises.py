@@ -188,3 +188,53 @@ def test_solutions_run_at_small_parameters(path: Path, exercise_runs: Path,
         exec(compile(code, f"{path.name}: {title}", "exec"), ns)
     plt.close("all")
     CHECKS[path.stem](ns)
+
+
+@pytest.mark.slow
+def test_the_built_page_hides_each_solution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                            ) -> None:
+    """A chapter's exercises rendered by the book's own build: every solution is in a closed
+    dropdown, and the page carries no output of it (the build does not run it)."""
+    from html.parser import HTMLParser
+
+    monkeypatch.syspath_prepend(str(ROOT / "tests"))
+    import _site
+
+    chapter = ROOT / "notebooks" / "04_robustness.ipynb"
+    book = _site.standin_book(tmp_path)
+    standin = book / "chapters" / chapter.name
+    nb = nbformat.read(standin, as_version=4)
+    cells = nbformat.read(chapter, as_version=4).cells
+    start = next(i for i, c in enumerate(cells)
+                 if c.cell_type == "markdown" and c.source.startswith(HEADING))
+    nb.cells += cells[start:]
+    nbformat.write(nb, standin)
+    html = (_site.build(tmp_path) / "chapters" / f"{chapter.stem}.html").read_text()
+
+    class Details(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.found: list[tuple[dict, str]] = []
+            self.depth = 0
+
+        def handle_starttag(self, tag: str, attrs: list) -> None:
+            if tag == "details":
+                self.depth += 1
+                self.found.append((dict(attrs), ""))
+
+        def handle_endtag(self, tag: str) -> None:
+            self.depth -= tag == "details"
+
+        def handle_data(self, data: str) -> None:
+            if self.depth:
+                attrs, text = self.found[-1]
+                self.found[-1] = (attrs, text + data)
+
+    parser = Details()
+    parser.feed(html)
+    dropdowns = [(a, t) for a, t in parser.found if "sd-dropdown" in a.get("class", "")]
+    solutions = [code for _, code in exercises(chapter)]
+    assert len(dropdowns) == len(solutions)
+    for (attrs, text), code in zip(dropdowns, solutions):
+        assert "open" not in attrs  # closed until the reader opens it
+        assert code.splitlines()[0].split()[0] in text  # the solution is inside it
