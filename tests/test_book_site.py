@@ -6,9 +6,10 @@ Two small builds in temporary copies of the book (tests/_site.py), served on 127
   phone and toggles on a desktop, chapters are numbered, the home page links every chapter
   and the paper, each page offers its source for download, wide tables say they scroll,
   no page logs an error or a warning, and the site published by `make publish` opens;
-- the robustness chapter executed at small parameters (three tiny training runs): plots
-  load, math is typeset, glued numbers are in the prose, the widget slider moves the
-  pre-rendered outputs without a kernel.
+- the robustness chapter executed at small parameters (a few tiny training runs): plots
+  load, math is typeset, glued numbers are in the prose, each widget slider (and the
+  missing-type buttons) moves the pre-rendered outputs without a kernel, on a desktop and
+  on a phone.
 
 Across both, no request leaves the machine.
 """
@@ -341,35 +342,90 @@ def test_glued_number_in_prose(chapter) -> None:
     assert "{glue" not in text
 
 
-def _visible_stack_images(page) -> list[str]:
-    """``src`` of the images of the slider's Stack that the reader can see."""
-    stack = page.locator(".widget-vbox:has(.widget-slider) > .widget-box").first
-    return stack.locator("img").evaluate_all(
-        "imgs => imgs.filter(i => i.offsetParent && i.naturalWidth > 0).map(i => i.src)"
-    )
+def _slider_boxes(page):
+    """The chapter's kernel-free sliders: each a VBox whose first child is the slider."""
+    return page.locator(".widget-vbox:has(> .widget-slider)")
 
 
-def test_slider_moves_the_stack(chapter, tmp_path: Path) -> None:
-    slider = chapter.locator(".widget-slider").first
-    assert slider.is_visible()
-    readout = slider.locator(".widget-readout")
-    before_value, before = readout.inner_text(), _visible_stack_images(chapter)
-    assert len(before) == 1, f"exactly one Stack child should show, saw {len(before)} images"
+def _shown_images(box) -> list[str]:
+    """``src`` of the images inside ``box`` that the reader can see (one Stack child)."""
+    return box.locator("img").evaluate_all(
+        "imgs => imgs.filter(i => i.offsetParent && i.naturalWidth > 0).map(i => i.src)")
 
-    handle = slider.locator(".noUi-handle")
+
+def _until(page, check, what: str, timeout_s: float = 5.0):
+    """Poll ``check()`` until it is truthy; fails naming ``what``."""
+    for _ in range(int(timeout_s * 10)):
+        value = check()
+        if value:
+            return value
+        page.wait_for_timeout(100)
+    raise AssertionError(f"timed out: {what}")
+
+
+def _move(page, box, presses: int) -> tuple[str, str]:
+    """Press ArrowRight ``presses`` times on the slider of ``box``; its readout before, after."""
+    readout = box.locator(".widget-slider .widget-readout").first
+    before = readout.inner_text()
+    handle = box.locator(".widget-slider .noUi-handle").first
     handle.focus()
-    handle.press("ArrowRight")
-    handle.press("ArrowRight")
-    chapter.wait_for_function(
-        "old => document.querySelector('.widget-slider .widget-readout').innerText !== old",
-        arg=before_value,
-        timeout=5_000,
-    )
-    after_value, after = readout.inner_text(), _visible_stack_images(chapter)
-    assert (before_value, after_value) == ("0.0", "0.2")
-    assert len(after) == 1 and after != before, "moving the slider did not change the shown output"
+    for _ in range(presses):
+        handle.press("ArrowRight")
+    _until(page, lambda: readout.inner_text() != before, "the slider's readout did not change")
+    return before, readout.inner_text()
+
+
+# (readout before, readout after two key presses) of each slider of the chapter, in page order:
+# the test missing rate (with the missing-type buttons) and the training missing rate
+SLIDERS = [("0.0", "0.2"), ("0.0", "0.7")]
+
+
+def test_every_slider_moves_its_figure(chapter, tmp_path: Path) -> None:
+    boxes = _slider_boxes(chapter)
+    assert boxes.count() == len(SLIDERS), f"expected {len(SLIDERS)} sliders, saw {boxes.count()}"
+    for n, expected in enumerate(SLIDERS):
+        box = boxes.nth(n)
+        box.scroll_into_view_if_needed()
+        before = _shown_images(box)
+        assert len(before) == 1, f"slider {n}: one pre-rendered figure should show, saw {len(before)}"
+        assert _move(chapter, box, 2) == expected
+        after = _until(chapter, lambda: (lambda now: now if now != before else None)(
+            _shown_images(box)), f"slider {n} did not change the shown figure")
+        assert len(after) == 1
     chapter.screenshot(path=str(tmp_path / "chapter.png"), full_page=True)
     assert (tmp_path / "chapter.png").stat().st_size > 0
+
+
+def test_missing_type_buttons_switch_the_figure(chapter) -> None:
+    box = _slider_boxes(chapter).first
+    buttons = box.locator(".widget-toggle-buttons button")
+    assert buttons.all_inner_texts() == ["both", "image", "text"]
+    before = _shown_images(box)
+    buttons.nth(2).click()
+    after = _until(chapter, lambda: (lambda now: now if now != before else None)(
+        _shown_images(box)), "the missing-type buttons did not change the shown figure")
+    assert len(after) == 1
+
+
+def test_phone_width_chapter_fits_and_its_sliders_work(browser_log: dict, base_url: str) -> None:
+    page = _open(browser_log, f"{base_url}/chapters/{CHAPTER}.html", PHONE)
+    page.wait_for_selector(".widget-slider .noUi-handle", timeout=20_000)
+    overflow = page.evaluate("() => document.documentElement.scrollWidth - innerWidth")
+    assert overflow <= 1, f"the page is {overflow} px wider than a phone"
+    too_wide = page.locator("article img").evaluate_all(
+        "imgs => imgs.filter(i => i.offsetParent && i.getBoundingClientRect().right > innerWidth + 1)"
+        ".map(i => i.src)")
+    assert not too_wide, f"figures wider than the phone: {too_wide[:3]}"
+    boxes = _slider_boxes(page)
+    for n, expected in enumerate(SLIDERS):
+        box = boxes.nth(n)
+        box.scroll_into_view_if_needed()
+        handle = box.locator(".noUi-handle").first
+        assert handle.bounding_box()["x"] + 1 < PHONE["width"], f"slider {n} is off screen"
+        before = _shown_images(box)
+        assert _move(page, box, 2) == expected
+        _until(page, lambda: _shown_images(box) != before, f"slider {n} did not move on a phone")
+    page.close()
 
 
 def test_no_request_leaves_localhost(browser_log: dict, chapter) -> None:

@@ -1,11 +1,9 @@
-"""mmcore.viz: the pure parts of the book's figures (aggregation, ranks, neighbours, widgets)."""
+"""mmcore.viz: aggregation, the rate figures in the book's colours, computed comparisons."""
 from __future__ import annotations
 
-import ipywidgets as widgets
 import matplotlib
 import numpy as np
 import pytest
-from PIL import Image
 
 matplotlib.use("Agg")
 
@@ -85,65 +83,28 @@ def test_partner_stats_from_ranks() -> None:
     assert stats["cosine"] == pytest.approx(metrics.cosine_to_partner(pred, true).mean())
 
 
-def test_nearest_orders_by_cosine_and_checks_k() -> None:
-    rng = np.random.default_rng(0)
-    keys = rng.normal(size=(10, 5))
-    queries = keys[[3, 7]] * 5.0 + 1e-3 * rng.normal(size=(2, 5))
-    idx = viz.nearest(queries, keys, k=4)
-    assert idx.shape == (2, 4)
-    np.testing.assert_array_equal(idx[:, 0], [3, 7])
-    sims = metrics.unit_rows(queries) @ metrics.unit_rows(keys).T
-    assert np.all(np.diff(np.take_along_axis(sims, idx, axis=1), axis=1) <= 0)
-    with pytest.raises(ValueError, match="k=11"):
-        viz.nearest(queries, keys, k=11)
+def _train_rows() -> list[dict]:
+    return [{"train_rate": t, "missing_type": "both", "missing_rate": r, "seed": s,
+             "accuracy": 0.5 + 0.1 * t - 0.2 * r + 0.01 * s}
+            for t in (0.0, 0.3, 0.7) for r in (0.0, 0.5, 1.0) for s in range(3)]
 
 
-def test_stacked_slider_links_slider_to_one_output_per_value(monkeypatch) -> None:
-    links = []
-    monkeypatch.setattr(viz.widgets, "jslink", lambda *pair: links.append(pair))
-    seen = []
-    box = viz.stacked_slider(seen.append, [0.1, 0.5, 0.9], description="rate")
-    slider, stack = box.children
-    assert isinstance(slider, widgets.SelectionSlider) and isinstance(stack, widgets.Stack)
-    assert seen == [0.1, 0.5, 0.9]
-    assert len(stack.children) == 3 and all(isinstance(c, widgets.Output) for c in stack.children)
-    assert links == [((slider, "index"), (stack, "selected_index"))]
-    assert slider.options == (0.1, 0.5, 0.9) and stack.selected_index == 0
-    with pytest.raises(ValueError, match="values"):
-        viz.stacked_slider(seen.append, [], description="rate")
+def test_plot_training_rate_draws_complete_and_chosen_rate_on_fixed_axes() -> None:
+    figs = [viz.plot_training_rate(_train_rows(), "accuracy", t, types=("both",))
+            for t in (0.3, 0.7)]
+    for fig, t in zip(figs, (0.3, 0.7)):
+        lines = [line for line in fig.axes[0].get_lines() if len(line.get_xdata()) == 3]
+        np.testing.assert_allclose(lines[0].get_ydata(), [0.51, 0.41, 0.31])  # complete
+        np.testing.assert_allclose(lines[1].get_ydata(), np.array([0.51, 0.41, 0.31]) + 0.1 * t)
+    assert figs[0].axes[0].get_ylim() == figs[1].axes[0].get_ylim()  # the slider moves lines only
+    with pytest.raises(ValueError, match="train_rate=0.5"):
+        viz.plot_training_rate(_train_rows(), "accuracy", 0.5)
+    for fig in figs:
+        matplotlib.pyplot.close(fig)
 
 
-def test_live_slider_rerenders_on_change() -> None:
-    seen = []
-    box = viz.live_slider(seen.append, [1, 2, 3], description="k")
-    box.children[0].value = 3
-    assert seen[0] == 1 and seen[-1] == 3
+def test_describe_difference_says_level_within_one_sd() -> None:
+    assert viz.describe_difference([1.0, -1.0, 0.5]).startswith("ours is level with")
+    assert "ahead of the baseline by 2.0 points" in viz.describe_difference([2.0, 2.1, 1.9])
+    assert "behind" in viz.describe_difference([-3.0, -2.9, -3.1])
 
-
-@pytest.mark.slow  # umap-learn compiles numba code on first use
-def test_umap_embeddings_shapes_and_seed() -> None:
-    rng = np.random.default_rng(0)
-    true, pred = rng.normal(size=(40, 8)), rng.normal(size=(30, 8))
-    a_true, a_pred = viz.umap_embeddings(true, pred, random_state=0, n_neighbors=5)
-    b_true, _ = viz.umap_embeddings(true, pred, random_state=0, n_neighbors=5)
-    assert a_true.shape == (40, 2) and a_pred.shape == (30, 2)
-    np.testing.assert_allclose(a_true, b_true)  # random_state fixes the layout
-    with pytest.raises(ValueError, match="same D"):
-        viz.umap_embeddings(true, pred[:, :4])
-
-
-def test_retrieval_grid_layout_and_hits(tmp_path) -> None:
-    files = []
-    for i in range(3):
-        path = tmp_path / f"{i}.png"
-        Image.new("RGB", (300, 200), (80 * i, 0, 0)).save(path)
-        files.append(path)
-    fig = viz.retrieval_grid(["a query", "another query"], [files, files[::-1]],
-                             hits=[[True, False, False], [False, False, False]])
-    assert len(fig.axes) == 6
-    assert fig.axes[0].get_title(loc="left") == "a query"
-    assert fig.axes[0].spines["left"].get_edgecolor()[:3] == matplotlib.colors.to_rgb("tab:green")
-    assert fig.axes[1].spines["left"].get_edgecolor()[:3] != matplotlib.colors.to_rgb("tab:green")
-    with pytest.raises(ValueError, match="2 queries but 1"):
-        viz.retrieval_grid(["a", "b"], [files])
-    matplotlib.pyplot.close(fig)
