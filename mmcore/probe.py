@@ -3,10 +3,18 @@
 A linear probe on an encoder's frozen embedding is the yardstick any fine-tuned head
 must beat, and the best place for a head to start: gradient descent from a random head
 spends most of a short budget relearning it. ``initialise_from_probes`` fits, on the
-training split's embeddings, one logistic-regression head per modality (its L2 weight
-chosen on validation), a ridge regression for each linear predictor that reads an
-embedding (the CLS baseline with ``predictor_layers=1``: the frozen-feature pipeline),
-and the mean embeddings that ``fill="mean"`` stands in.
+training split's embeddings:
+
+- the two heads together. Late fusion sums two linear heads' logits, which is one linear
+  model on the concatenated embeddings, and the task loss is on that sum; so the heads'
+  closed-form start is one logistic regression on ``[image, text]`` (features standardised
+  for the L2 penalty, folded back into the weights), split into the image and the text
+  head. Two heads fitted apart would each learn the class prior, and their sum would count
+  it twice. A missing modality is filled with its training mean (``fill="mean"``);
+- a ridge regression for each linear predictor that reads an embedding (the CLS baseline
+  with ``predictor_layers=1``: the frozen-feature pipeline); a deeper predictor starts at
+  the training mean of its target (last layer zero, bias the mean), the fill it must beat;
+- the mean embeddings that ``fill="mean"`` stands in.
 """
 from __future__ import annotations
 
@@ -98,10 +106,26 @@ def _copy(linear: torch.nn.Linear, fit: LinearFit) -> None:
     linear.bias.copy_(fit.bias)
 
 
+def _standardised_fit(x: Tensor, y: Tensor, task_type: TaskType, x_val: Tensor, y_val: Tensor,
+                      num_classes: int) -> LinearFit:
+    """``fit_logistic`` on per-feature standardised inputs, returned in the raw inputs' units."""
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    fit = fit_logistic((x - mean) / std, y, task_type, (x_val - mean) / std, y_val, num_classes)
+    weight = fit.weight / std
+    return LinearFit(weight, fit.bias - weight @ mean, fit.penalty, fit.val_score)
+
+
+def _filled(emb: Embeddings, modality: str, mean: Tensor) -> Tensor:
+    """One modality's embeddings with the missing rows set to ``mean``."""
+    present = emb.has_image if modality == "image" else emb.has_text
+    values = (emb.image_emb if modality == "image" else emb.text_emb).float()
+    return torch.where(present[:, None], values, mean)
+
+
 def initialise_from_probes(model: FusionModel, train: Embeddings, train_labels: Tensor,
                            val: Embeddings, val_labels: Tensor, fit: bool = True
                            ) -> dict[str, float]:
-    """Fit heads, linear embedding predictors and the mean fills on frozen embeddings.
+    """Fit the heads, the predictors' starts and the mean fills on frozen embeddings.
 
     Args:
         model: the fusion model, its heads and predictors as built.
@@ -111,38 +135,47 @@ def initialise_from_probes(model: FusionModel, train: Embeddings, train_labels: 
         fit: False sets only the mean fills.
 
     Returns:
-        The validation score of each fit (``head_image``, ``ridge_text_to_image``, ...).
+        The validation score of each fit (``heads``, ``ridge_text_to_image``, ...).
     """
     report: dict[str, float] = {}
     means = {m: _rows(train, train_labels, m)[0] for m in model.heads}
-    model.set_fill_means(*(means[m].mean(0) if m in means and len(means[m]) else None
-                           for m in ("image", "text")))
+    means = {m: x.mean(0) for m, x in means.items() if len(x)}
+    model.set_fill_means(means.get("image"), means.get("text"))
     if not fit:
         return report
-    for modality in model.heads:
-        x, y = _rows(train, train_labels, modality)
-        if len(x) == 0:  # no training row has this modality: nothing to fit
+    modalities = [m for m in model.heads if m in means]  # a modality no row has stays as built
+    if not modalities:
+        return report
+    if len(val_labels) == 0:  # choose the penalty on the training rows instead
+        val, val_labels = train, train_labels
+    x, x_val = (torch.cat([_filled(e, m, means[m]) for m in modalities], dim=1)
+                for e in (train, val))
+    heads = _standardised_fit(x, train_labels, model.task_type, x_val, val_labels,
+                              model.num_classes)
+    start = 0
+    for modality in modalities:
+        fc = model.heads[modality].fc
+        width = fc.in_features
+        _copy(fc, LinearFit(heads.weight[:, start:start + width],
+                            heads.bias / len(modalities), heads.penalty, heads.val_score))
+        start += width
+    report["heads"] = heads.val_score
+    for source, target in (("image", "text"), ("text", "image")):
+        predictor = model.predictors[f"{source}_to_{target}"] if model.is_bimodal else None
+        if predictor is None or target not in means:
             continue
-        x_val, y_val = _rows(val, val_labels, modality)
-        if len(x_val) == 0:  # choose the penalty on the training rows instead
-            x_val, y_val = x, y
-        head = fit_logistic(x, y, model.task_type, x_val, y_val, model.num_classes)
-        _copy(model.heads[modality].fc, head)
-        report[f"head_{modality}"] = head.val_score
-    if model.predict_from == "cls":
-        for source, target in (("image", "text"), ("text", "image")):
-            predictor = model.predictors[f"{source}_to_{target}"] if model.is_bimodal else None
-            if predictor is None or len(predictor.mlp) != 1:
-                continue
-            pairs, val_pairs = (e.has_image & e.has_text for e in (train, val))
-            if int(pairs.sum()) < 2 or int(val_pairs.sum()) < 2:
-                continue  # too few pairs to fit or to choose a penalty
+        pairs, val_pairs = (e.has_image & e.has_text for e in (train, val))
+        if model.predict_from == "cls" and len(predictor.mlp) == 1 \
+                and int(pairs.sum()) >= 2 and int(val_pairs.sum()) >= 2:
             ridge = fit_ridge(getattr(train, f"{source}_emb")[pairs].float(),
                               getattr(train, f"{target}_emb")[pairs].float(),
                               getattr(val, f"{source}_emb")[val_pairs].float(),
                               getattr(val, f"{target}_emb")[val_pairs].float())
             _copy(predictor.mlp[0], ridge)
             report[f"ridge_{source}_to_{target}"] = ridge.val_score
+        else:  # start at the mean fill: the prediction it must improve on
+            last = predictor.mlp[-1]
+            _copy(last, LinearFit(torch.zeros_like(last.weight), means[target], 0.0, 0.0))
     return report
 
 

@@ -52,7 +52,7 @@ def test_initialise_sets_heads_linear_predictors_and_mean_fills():
     emb = Embeddings(image, text, None, None, torch.ones(60, dtype=torch.bool), has_text)
     before = model.heads["image"].fc.weight.clone()
     report = initialise_from_probes(model, emb, labels, emb, labels)
-    assert set(report) == {"head_image", "head_text", "ridge_image_to_text", "ridge_text_to_image"}
+    assert set(report) == {"heads", "ridge_image_to_text", "ridge_text_to_image"}
     assert not torch.equal(model.heads["image"].fc.weight, before)
     torch.testing.assert_close(model.mean_text, text[has_text].mean(0))  # only rows that have it
     torch.testing.assert_close(model.mean_image, image.mean(0))
@@ -82,6 +82,38 @@ def test_a_modality_no_training_row_has_is_left_as_built():
                      torch.zeros(20, dtype=torch.bool))  # no text anywhere (as in a fixture)
     before = model.heads["text"].fc.weight.clone()
     report = initialise_from_probes(model, emb, torch.arange(20) % 3, emb, torch.arange(20) % 3)
-    assert set(report) == {"head_image"}
+    assert set(report) == {"heads"}
     assert torch.equal(model.heads["text"].fc.weight, before)
     assert torch.equal(model.mean_text, torch.zeros(32))
+
+
+def test_heads_start_as_one_logistic_regression_on_both_embeddings():
+    """Late fusion sums two linear heads: their start is one fit on [image, text], split."""
+    model = _tiny_model().eval()
+    g = torch.Generator().manual_seed(2)
+    labels = torch.arange(90) % 3
+    centres = torch.randn(3, 32, generator=g)
+    image = centres[labels] + 2 * torch.randn(90, 32, generator=g)  # each alone is noisy
+    text = 10 * centres[labels] + 20 * torch.randn(90, 32, generator=g)  # another scale
+    both = torch.ones(90, dtype=torch.bool)
+    emb = Embeddings(image, text, None, None, both, both)
+    report = initialise_from_probes(model, emb, labels, emb, labels)
+    fused = model.heads["image"](image) + model.heads["text"](text)
+    joint = torch.cat([image, text], 1)
+    mean, std = joint.mean(0), joint.std(0)
+    ref = fit_logistic((joint - mean) / std, labels, "multiclass", (joint - mean) / std, labels, 3)
+    torch.testing.assert_close(fused, ((joint - mean) / std) @ ref.weight.T + ref.bias,
+                               atol=1e-3, rtol=1e-3)
+    assert report["heads"] == ref.val_score
+    assert (fused.argmax(1) == labels).float().mean() > 0.9  # the two together separate them
+
+
+def test_a_deep_predictor_starts_at_its_targets_mean():
+    model = _tiny_model().eval()
+    g = torch.Generator().manual_seed(3)
+    image, text = torch.randn(40, 32, generator=g) + 1, torch.randn(40, 32, generator=g) - 2
+    both = torch.ones(40, dtype=torch.bool)
+    emb = Embeddings(image, text, None, None, both, both)
+    initialise_from_probes(model, emb, torch.arange(40) % 3, emb, torch.arange(40) % 3)
+    predicted = model.predictors["image_to_text"](torch.randn(5, 2, 32))
+    torch.testing.assert_close(predicted, text.mean(0).expand(5, -1))
