@@ -17,7 +17,11 @@ the reference) and ``fast`` (the configuration's own speed settings: ``run.preci
 - trainable and total parameters (PEFT mode of the configuration, BitFit by default);
 - ``cache.{md,json}``: the same training step with BitFit, with frozen encoders run in
   full, and with frozen encoders from the token cache (prompts only), at 112 and 224 px,
-  with the cache's build time and size per sample.
+  with the cache's build time and size per sample;
+- ``compile.{md,json}``: the BitFit training step (bf16) eager against ``torch.compile`` of
+  the encoders (``run.compile``), identical weights, interleaved: samples/s, the first
+  compiled step's wall time (compilation), the fraction of the bf16 peak each reaches, and
+  the largest difference of their losses and logits on the same batch.
 
 Top-10 operators by self CPU time of a training step (plain and fast) and the SDPA kernels
 each encoder takes are saved beside the table.
@@ -239,6 +243,9 @@ def data_section(cfg: Config, train_sps: float, args: argparse.Namespace) -> dic
 CACHE_COLUMNS = ("image_size", "batch_size", "bitfit_sps", "frozen_sps", "cached_sps",
                  "cached_vs_bitfit", "cached_vs_frozen", "ceiling", "build_s_per_sample",
                  "cache_bytes_per_sample")
+COMPILE_COLUMNS = ("image_size", "batch_size", "eager_sps", "compiled_sps", "compiled_vs_eager",
+                   "compile_s", "eager_peak_fraction", "compiled_peak_fraction",
+                   "loss_abs_diff", "logits_max_abs_diff")
 
 
 def cache_section(base: Config, num_classes: int, image_size: int, args: argparse.Namespace
@@ -282,6 +289,34 @@ def cache_section(base: Config, num_classes: int, image_size: int, args: argpars
             "cached_vs_frozen": t["frozen"] / t["cached"],
             "ceiling": (tokens + k) / k, "build_s_per_sample": build_s / n,
             "cache_bytes_per_sample": cache.nbytes() / n}
+
+
+def compile_section(base: Config, num_classes: int, image_size: int,
+                    args: argparse.Namespace) -> dict[str, Any]:
+    """The BitFit step eager vs compiled encoders: speed, compile time and agreement."""
+    cfg = base.replace(peft="bitfit", image_size=image_size, batch_size=args.batch_size,
+                       max_text_length=args.text_tokens, precision="bf16", compile=False)
+    batch = synthetic_batch(args.batch_size, image_size, args.text_tokens, num_classes)
+    torch.manual_seed(0)
+    eager = build_model(cfg, num_classes, "multiclass")
+    compiled = compile_encoders(copy.deepcopy(eager))
+    with torch.no_grad(), precision_context("cpu", "bf16"):  # same weights, before any step
+        outs = [m.eval()(batch) for m in (eager, compiled)]
+    runners = {"eager": Runner(eager, "bf16"), "compiled": Runner(compiled, "bf16")}
+    compile_s = seconds(lambda: runners["compiled"].train_step(batch))  # traces and compiles
+    mm, mm_flops = matmul(2048, torch.bfloat16)
+    t = interleaved({name: (lambda r=r: r.train_step(batch)) for name, r in runners.items()}
+                    | {"matmul": mm}, repeats=args.steps, warmup=args.warmup)
+    flops = count_flops(lambda: runners["eager"].train_step(batch))
+    peak = mm_flops / t["matmul"]
+    n = len(batch)
+    return {"image_size": image_size, "batch_size": n,
+            "eager_sps": n / t["eager"], "compiled_sps": n / t["compiled"],
+            "compiled_vs_eager": t["eager"] / t["compiled"], "compile_s": compile_s,
+            "eager_peak_fraction": flops / t["eager"] / peak,
+            "compiled_peak_fraction": flops / t["compiled"] / peak,
+            "loss_abs_diff": float((outs[0].loss - outs[1].loss).abs()),
+            "logits_max_abs_diff": float((outs[0].logits - outs[1].logits).abs().max())}
 
 
 # --- output -------------------------------------------------------------------------------
@@ -343,6 +378,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-repeats", type=int, default=3)
     p.add_argument("--cache-sizes", nargs="*", type=int, default=[112, 224],
                    help="image sizes of the token-cache comparison (none: skip it)")
+    p.add_argument("--compile-sizes", nargs="*", type=int, default=[112],
+                   help="image sizes of the eager-vs-compiled BitFit step (compiling takes "
+                        "minutes; --quick skips it)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="Config overrides for the fast variant, e.g. compile=true")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -354,6 +392,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.sweep_samples, args.sweep_repeats = 24, 1
         args.data_samples, args.data_repeats = 32, 1
         args.cache_sizes = [56]
+        args.compile_sizes = []
     return args
 
 
@@ -391,6 +430,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         print(f"[cache] bitfit vs frozen vs cached training step, {size} px", flush=True)
         cache_rows.append(cache_section(base, num_classes, size, args))
         save(cache_rows, args, "cache", CACHE_COLUMNS)
+    compile_rows = []
+    for size in args.compile_sizes:
+        print(f"[compile] bitfit step eager vs torch.compile, {size} px", flush=True)
+        compile_rows.append(compile_section(base, num_classes, size, args))
+        save(compile_rows, args, "compile", COMPILE_COLUMNS)
     return rows
 
 
