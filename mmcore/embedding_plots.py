@@ -92,10 +92,12 @@ def space_points(emb: Any, labels: np.ndarray, modality: str, random_state: int 
 
 
 def plot_space(ax: plt.Axes, points: Mapping[str, np.ndarray], highlight: Sequence[int],
-               colors: Sequence[Any], title: str) -> None:
+               colors: Sequence[Any], title: str, max_lines: int = 12) -> None:
     """Draw `space_points` on ``ax``: every true embedding as a light grey dot; for the
     ``highlight`` classes, true embeddings as coloured dots, predictions as crosses of the
-    same colour and a line from each prediction to its own sample's true embedding."""
+    same colour, and for the first ``max_lines`` predictions of each class a line to its own
+    sample's true embedding. The view spans the 3rd to 97th percentile of the points (plus a margin),
+    so a few far outliers do not squeeze the rest; a note counts the points left outside."""
     labels = points["labels"]
     ax.scatter(*points["true_xy"].T, s=6, color="0.82", linewidths=0, zorder=1)
     where_true = {int(r): i for i, r in enumerate(points["true_rows"])}
@@ -104,18 +106,26 @@ def plot_space(ax: plt.Axes, points: Mapping[str, np.ndarray], highlight: Sequen
         p = labels[points["pred_rows"]] == cls
         pairs = [(points["pred_xy"][i], points["true_xy"][where_true[int(r)]])
                  for i, r in zip(np.flatnonzero(p), points["pred_rows"][p]) if int(r) in where_true]
-        for (px, py), (tx, ty) in pairs:
-            ax.plot([px, tx], [py, ty], color=color, lw=0.5, alpha=0.35, zorder=2)
+        for (px, py), (tx, ty) in pairs[:max_lines]:
+            ax.plot([px, tx], [py, ty], color=color, lw=0.8, alpha=0.6, zorder=2)
         ax.scatter(*points["true_xy"][t].T, s=14, color=color, linewidths=0, alpha=0.8, zorder=3)
         ax.scatter(*points["pred_xy"][p].T, s=22, color=color, marker="x", linewidths=1.1,
                    zorder=4)
-    ax.set(title=title, xticks=[], yticks=[])
+    xy = np.concatenate([points["true_xy"], points["pred_xy"]])
+    low, high = np.percentile(xy, 3, axis=0), np.percentile(xy, 97, axis=0)
+    pad = 0.15 * (high - low)
+    low, high = low - pad, high + pad
+    outside = int(np.sum(np.any((xy < low) | (xy > high), axis=1)))
+    ax.set(xlim=(low[0], high[0]), ylim=(low[1], high[1]), title=title, xticks=[], yticks=[])
+    if outside:
+        ax.text(0.01, 0.01, f"{outside} points outside the view", transform=ax.transAxes,
+                fontsize=8, color="0.4")
     ax.grid(False)
 
 
 def umap_figure(embeddings: Mapping[str, Any], labels: Mapping[str, np.ndarray], modality: str,
-                classes: Sequence[str], n_highlight: int = 4, random_state: int = 0
-                ) -> plt.Figure:
+                classes: Sequence[str], n_highlight: int = 4, random_state: int = 0,
+                max_lines: int = 12) -> plt.Figure:
     """One space (``modality``) for several models side by side, with one legend below.
 
     Args:
@@ -125,6 +135,7 @@ def umap_figure(embeddings: Mapping[str, Any], labels: Mapping[str, np.ndarray],
         classes: Class names.
         n_highlight: How many classes to colour (the most frequent); the rest stay grey.
         random_state: UMAP seed.
+        max_lines: Predictions per class tied to their truth by a line.
     """
     names = list(embeddings)
     highlight = top_classes(next(iter(labels.values())), n_highlight)
@@ -132,12 +143,12 @@ def umap_figure(embeddings: Mapping[str, Any], labels: Mapping[str, np.ndarray],
     fig, axes = plt.subplots(1, len(names), figsize=(3.3 * len(names), 3.9), squeeze=False)
     for ax, name in zip(axes[0], names):
         points = space_points(embeddings[name], labels[name], modality, random_state)
-        plot_space(ax, points, highlight, colors, f"{name}: {modality} space")
+        plot_space(ax, points, highlight, colors, f"{name}: {modality} space", max_lines)
     handles = [Patch(color=c, label=classes[k]) for k, c in zip(highlight, colors)]
     handles += [Line2D([], [], ls="", marker="o", color="0.82", label="other classes (true)"),
                 Line2D([], [], ls="", marker="o", color="0.3", label="true embedding"),
                 Line2D([], [], ls="", marker="x", color="0.3", label="prediction"),
-                Line2D([], [], color="0.3", lw=0.8, label="prediction to its truth")]
+                Line2D([], [], color="0.3", lw=0.8, label=f"{max_lines} per class: to its truth")]
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=9, handlelength=1.2,
                columnspacing=1.0, bbox_to_anchor=(0.5, 0.0))
     fig.subplots_adjust(left=0.02, right=0.98, top=0.93, bottom=0.27, wspace=0.05)
