@@ -13,6 +13,13 @@ from typing import Any
 import ipywidgets as widgets
 
 
+def _slider(values: Sequence[Any], description: str) -> widgets.SelectionSlider:
+    """A slider over ``values`` as wide as the column, never wider (a phone's too)."""
+    return widgets.SelectionSlider(options=list(values), index=0, description=description,
+                                   style={"description_width": "initial"},
+                                   layout=widgets.Layout(width="100%", max_width="36em"))
+
+
 def stacked_slider(
     render: Callable[[Any], None], values: Sequence[Any], description: str
 ) -> widgets.VBox:
@@ -38,10 +45,7 @@ def stacked_slider(
             render(value)
         pages.append(out)
     stack = widgets.Stack(pages, selected_index=0)
-    slider = widgets.SelectionSlider(
-        options=list(values), index=0, description=description,
-        style={"description_width": "initial"},
-    )
+    slider = _slider(values, description)
     widgets.jslink((slider, "index"), (stack, "selected_index"))
     return widgets.VBox([slider, stack])
 
@@ -64,10 +68,7 @@ def live_slider(
     """
     if not values:
         raise ValueError("live_slider: `values` is empty; give at least one slider position")
-    slider = widgets.SelectionSlider(
-        options=list(values), index=0, description=description,
-        style={"description_width": "initial"},
-    )
+    slider = _slider(values, description)
     return widgets.interactive(lambda value: render(value), value=slider)
 
 
@@ -83,11 +84,11 @@ def stacked_choice_slider(
     """
     if not choices or not values:
         raise ValueError("stacked_choice_slider: give at least one choice and one value")
-    slider = widgets.SelectionSlider(options=list(values), index=0, description=description,
-                                     style={"description_width": "initial"})
+    slider = _slider(values, description)
     buttons = widgets.ToggleButtons(options=[str(c) for c in choices], index=0,
                                     description=choice_description,
-                                    style={"description_width": "initial"})
+                                    style={"description_width": "initial", "button_width": "auto"},
+                                    layout=widgets.Layout(width="100%", flex_flow="row wrap"))
     inner = []
     for choice in choices:
         pages = []
