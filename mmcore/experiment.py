@@ -30,8 +30,9 @@ from mmcore.model import Embeddings, FusionModel
 from mmcore.probe import initialise_from_probes
 from mmcore.prompt_cache import (CachedCollator, CachedSplit, SplitCache,
                                  load_or_build_split_cache, uses_token_cache)
+from mmcore.run_folder import LAST, FitResult
 from mmcore.runtime import build_loader, distributed_env, resolve_device
-from mmcore.train import LAST, FitResult, load_or_train
+from mmcore.train import load_or_train
 
 SPLITS = ("train", "val", "test")
 

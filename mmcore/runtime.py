@@ -21,6 +21,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mmcore.config import Precision, check_choice
@@ -61,6 +63,18 @@ def init_distributed(device: torch.device) -> DistInfo:
     if info.world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return info
+
+
+def wrap_ddp(model: nn.Module, device: torch.device, info: DistInfo) -> nn.Module:
+    """What the forward pass runs: ``model``, or under torchrun its DDP wrapper."""
+    if info.world_size == 1:
+        return model
+    # a step may leave trainable parameters without a gradient: a rank's batch can lack a
+    # modality (real missingness or the missing table skip that encoder and the alignment),
+    # and some never get one (a pooler's bias, the prompts under predict_from="cls"); DDP
+    # must look for them in every step
+    return DistributedDataParallel(model, device_ids=[device.index] if device.index is not None
+                                   else None, find_unused_parameters=True)
 
 
 def seed_everything(seed: int) -> None:
@@ -182,4 +196,5 @@ __all__ = [
     "resolve_device",
     "seed_everything",
     "start_epoch",
+    "wrap_ddp",
 ]

@@ -23,20 +23,18 @@ Distributed: under ``torchrun`` (``WORLD_SIZE > 1``) ``fit`` joins the process g
 ``mmcore.evaluation.evaluate``, which gathers every rank's logits, so metrics equal the
 single-process ones. Only rank 0 writes the run folder and shows progress bars.
 
-Run folder (``run.out_dir``): ``config.yaml``, ``env.json`` (versions, device, seed),
-``metrics.jsonl`` (one line per epoch), ``final.json`` (written last: the run finished),
-``checkpoints/{last,best}.safetensors``.
+What a run leaves in its folder (``run.out_dir``), and how it is resumed from there:
+``mmcore.run_folder``.
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -44,52 +42,39 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from mmcore.checkpoint import (
-    CheckpointError,
-    atomic_write,
-    load_checkpoint,
-    read_checkpoint,
-    rng_state,
-    save_checkpoint,
-    write_json,
-)
 from mmcore.config import Config, OptimConfig
 from mmcore.evaluation import evaluate
 from mmcore.metrics import metric_for
 from mmcore.prompts import prompt_parameters
+from mmcore.run_folder import (
+    LAST,
+    FitResult,
+    Progress,
+    finish_run,
+    resume_run,
+    save_best,
+    save_last,
+    start_run_dir,
+    write_history,
+)
 from mmcore.runtime import (
     DistInfo,
     distributed_env,
-    environment,
     init_distributed,
     precision_context,
     resolve_device,
     seed_everything,
     start_epoch,
+    wrap_ddp,
 )
 
 EvaluateFn = Callable[[nn.Module, DataLoader], dict[str, float]]
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # stop after the current optimiser step
-# Leaves that do not change what a run computes: a run may resume with them changed.
-RESUMABLE_CHANGES = ("out_dir", "device", "progress", "num_workers", "eval_batch_size",
-                     "checkpoint_every")
-
-
-@dataclass
-class FitResult:
-    """What ``fit`` returns; the model it trained holds the best checkpoint's weights."""
-
-    run_dir: Path
-    metric: str  # headline validation metric, e.g. "accuracy"
-    best_value: float  # its best value (NaN without validation)
-    best_epoch: int  # epoch of the best checkpoint (0: the model before training)
-    history: list[dict[str, float]]  # one row per epoch, as in metrics.jsonl
 
 
 # --- optimisation ------------------------------------------------------------------------------
@@ -123,30 +108,6 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-# --- run folder and checkpoints -----------------------------------------------------------------
-
-
-def _config_diff(saved: dict[str, dict[str, Any]], cfg: Config) -> list[str]:
-    flat = {k: v for section in saved.values() for k, v in section.items()}
-    return [f"{k}: {flat.get(k)!r} -> {v!r}" for k, v in cfg.to_flat().items()
-            if k not in RESUMABLE_CHANGES and flat.get(k) != v]
-
-
-def _gather_rng(info: DistInfo, device: torch.device) -> dict[int, dict[str, Tensor]]:
-    """Every rank's RNG states, collected on every rank (rank 0 saves them)."""
-    mine = rng_state()
-    if info.world_size == 1:
-        return {0: mine}
-    out: dict[int, dict[str, Tensor]] = {r: {} for r in range(info.world_size)}
-    comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
-    for key, value in mine.items():
-        parts = [torch.empty_like(value, device=comm) for _ in range(info.world_size)]
-        dist.all_gather(parts, value.to(comm))
-        for r, part in enumerate(parts):
-            out[r][key] = part.cpu()
-    return out
 
 
 # --- training ----------------------------------------------------------------------------------
@@ -208,20 +169,6 @@ class _StopSignals:
 
 
 @dataclass
-class _Progress:
-    """Where a run is; stored in the ``last`` checkpoint."""
-
-    epoch: int = 0  # epochs finished
-    batches: int = 0  # micro-batches done in the current epoch
-    step: int = 0  # optimiser steps done
-    sums: dict[str, float] = field(default_factory=dict)  # this epoch's running sums
-    history: list[dict[str, float]] = field(default_factory=list)
-    metric: str = ""  # headline validation metric
-    best_value: float = float("nan")
-    best_epoch: int = 0
-
-
-@dataclass
 class _Trainer:
     """One run's fixed parts: what ``fit`` sets up, shared by its epochs."""
 
@@ -235,16 +182,11 @@ class _Trainer:
     run_dir: Path
     stop: _StopSignals
 
-    def save_last(self, state: _Progress) -> None:
-        rng = _gather_rng(self.info, self.device)  # a collective: every rank takes part
-        if self.info.is_main:
-            save_checkpoint(self.run_dir / LAST, self.model, {
-                "kind": "last", "finished": state.epoch == self.cfg.optim.epochs,
-                "config": self.cfg.to_dict(), "world_size": self.info.world_size,
-                "scheduler": self.scheduler.state_dict(), "progress": vars(state)},
-                self.optimizer, rng)
+    def save_last(self, state: Progress) -> None:  # a collective: every rank takes part
+        save_last(self.run_dir, self.model, self.optimizer, self.scheduler, state, self.cfg,
+                  self.info, self.device)
 
-    def train_epoch(self, loader: DataLoader, state: _Progress) -> None:
+    def train_epoch(self, loader: DataLoader, state: Progress) -> None:
         """Run (the rest of) epoch ``state.epoch``, stepping every ``grad_accum`` micro-batches."""
         optim, n_batches = self.cfg.optim, len(loader)
         ddp = isinstance(self.net, DistributedDataParallel)
@@ -293,7 +235,7 @@ class _Trainer:
                 raise TrainingInterrupted(signum, self.run_dir / LAST, state.step)
         bar.close()
 
-    def epoch_row(self, state: _Progress) -> dict[str, float]:
+    def epoch_row(self, state: Progress) -> dict[str, float]:
         """The epoch's training means over every rank, learning rates and speed."""
         keys = sorted(k for k in state.sums if k != "time_s")
         comm = self.device if self.info.world_size > 1 and dist.get_backend() == "nccl" else "cpu"
@@ -308,21 +250,6 @@ class _Trainer:
                 **{f"lr_{g['name']}": g["lr"] for g in self.optimizer.param_groups},
                 "samples": samples, "time_s": seconds,
                 "samples_per_s": samples / seconds if seconds else float("nan")}
-
-
-LAST, BEST = "checkpoints/last.safetensors", "checkpoints/best.safetensors"
-
-
-def _better(value: float, best: float) -> bool:
-    """Higher is better; the first score always counts; a NaN never displaces a number."""
-    return math.isnan(best) or value > best
-
-
-def _write_history(run_dir: Path, state: _Progress, info: DistInfo) -> None:
-    """``metrics.jsonl``: one row per epoch, epoch 0 being the model before training."""
-    if info.is_main:
-        atomic_write(run_dir / "metrics.jsonl",
-                     "".join(json.dumps(r) + "\n" for r in state.history).encode())
 
 
 def fit(
@@ -376,12 +303,12 @@ def fit(
     total = math.ceil(len(train_loader) / optim.grad_accum) * optim.epochs
     scheduler = LambdaLR(optimizer, partial(lr_factor, total=total,
                                             warmup=round(optim.warmup_ratio * total)))
-    state = _Progress(metric=metric_for(task_type).name if evaluate_fn is None and task_type
+    state = Progress(metric=metric_for(task_type).name if evaluate_fn is None and task_type
                       else "")
     if (run_dir / LAST).exists():
-        state = _resume(run_dir, cfg, info, model, optimizer, scheduler, resume)
+        state = resume_run(run_dir, cfg, info, model, optimizer, scheduler, resume)
     elif info.is_main:
-        _start_run_dir(run_dir, cfg, device, info, on_run_dir)
+        start_run_dir(run_dir, cfg, device, info, on_run_dir)
 
     def validate(row: dict[str, float]) -> None:
         """Score the model on validation into ``row``; keep it as ``best`` if it is."""
@@ -392,65 +319,19 @@ def fit(
                   else evaluate(model, val_loader, task_type, cfg.run.precision, show)[0])
         state.metric = state.metric or next(iter(scores))
         row.update({f"val_{k}": v for k, v in scores.items()})
-        if _better(scores[state.metric], state.best_value):
+        if state.improves(scores[state.metric]):
             state.best_value, state.best_epoch = scores[state.metric], row["epoch"]
             if info.is_main:
-                save_checkpoint(run_dir / BEST, model, {
-                    "kind": "best", "config": cfg.to_dict(), "epoch": row["epoch"],
-                    "metrics": scores})
+                save_best(run_dir, model, cfg, row["epoch"], scores)
 
     with _StopSignals(info, device) as stop:
-        trainer = _Trainer(model, _wrap_ddp(model, device, info), optimizer, scheduler, cfg,
+        trainer = _Trainer(model, wrap_ddp(model, device, info), optimizer, scheduler, cfg,
                            info, device, run_dir, stop)
         _run_epochs(trainer, train_loader, state, validate)
-    return _finish(model, run_dir, state, cfg, info)
+    return finish_run(model, run_dir, state, cfg, info)
 
 
-def _resume(run_dir: Path, cfg: Config, info: DistInfo, model: nn.Module,
-            optimizer: torch.optim.Optimizer, scheduler: LambdaLR, resume: bool) -> _Progress:
-    """Load the run saved in ``run_dir`` after checking it is the same run; its progress."""
-    if not resume:
-        raise FileExistsError(f"{run_dir} already holds a run ({run_dir / LAST}); pass "
-                              "resume=True to continue it (load_or_train does) or choose "
-                              "another run.out_dir")
-    _, meta = read_checkpoint(run_dir / LAST, with_tensors=False)
-    if diff := _config_diff(meta["config"], cfg):
-        raise CheckpointError(f"{run_dir / LAST} was trained with a different config; "
-                              f"changed: {'; '.join(diff)}")
-    if meta["world_size"] != info.world_size:
-        raise CheckpointError(f"{run_dir / LAST} was saved by {meta['world_size']} "
-                              f"processes; resume it with as many (now {info.world_size})")
-    load_checkpoint(run_dir / LAST, model, optimizer, rank=info.rank)
-    scheduler.load_state_dict(meta["scheduler"])
-    if info.is_main:  # left by writes that a hard kill cut short (atomic_write's names)
-        for stale in (run_dir / LAST).parent.glob(".*.tmp*"):
-            stale.unlink(missing_ok=True)
-    return _Progress(**meta["progress"])
-
-
-def _start_run_dir(run_dir: Path, cfg: Config, device: torch.device, info: DistInfo,
-                   on_run_dir: Callable[[Path], None] | None) -> None:
-    """A new run folder: its config, its environment, and whatever ``on_run_dir`` adds."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(run_dir / "config.yaml", cfg.to_yaml().encode())
-    write_json(run_dir / "env.json", environment(device, cfg.run.seed, info.world_size))
-    if on_run_dir is not None:
-        on_run_dir(run_dir)
-
-
-def _wrap_ddp(model: nn.Module, device: torch.device, info: DistInfo) -> nn.Module:
-    """What the forward pass runs: ``model``, or under torchrun its DDP wrapper."""
-    if info.world_size == 1:
-        return model
-    # a step may leave trainable parameters without a gradient: a rank's batch can lack a
-    # modality (real missingness or the missing table skip that encoder and the alignment),
-    # and some never get one (a pooler's bias, the prompts under predict_from="cls"); DDP
-    # must look for them in every step
-    return DistributedDataParallel(model, device_ids=[device.index] if device.index is not None
-                                   else None, find_unused_parameters=True)
-
-
-def _run_epochs(trainer: _Trainer, train_loader: DataLoader, state: _Progress,
+def _run_epochs(trainer: _Trainer, train_loader: DataLoader, state: Progress,
                 validate: Callable[[dict[str, float]], None]) -> None:
     """Epoch 0 (the model as built) if not done yet, then the remaining epochs; each one is
     validated, logged to ``metrics.jsonl`` and saved as ``last``."""
@@ -459,7 +340,7 @@ def _run_epochs(trainer: _Trainer, train_loader: DataLoader, state: _Progress,
         start = {"epoch": 0, "step": 0}
         validate(start)
         state.history.append(start)
-        _write_history(run_dir, state, info)
+        write_history(run_dir, state, info)
         trainer.save_last(state)
     while state.epoch < epochs:
         trainer.train_epoch(train_loader, state)
@@ -467,27 +348,10 @@ def _run_epochs(trainer: _Trainer, train_loader: DataLoader, state: _Progress,
         validate(row)
         state.history.append(row)
         state.epoch, state.batches, state.sums = state.epoch + 1, 0, {}
-        _write_history(run_dir, state, info)  # before `last`: a kill in between redoes
+        write_history(run_dir, state, info)  # before `last`: a kill in between redoes
         trainer.save_last(state)  # the epoch
         if state.epoch < epochs and (signum := trainer.stop.requested()):
             raise TrainingInterrupted(signum, run_dir / LAST, state.step)  # saved above
-
-
-def _finish(model: nn.Module, run_dir: Path, state: _Progress, cfg: Config, info: DistInfo
-            ) -> FitResult:
-    """Load the best weights and write ``final.json`` (the mark of a finished run)."""
-    if info.world_size > 1:
-        dist.barrier()  # rank 0 has written the checkpoints
-    if (run_dir / BEST).exists():
-        load_checkpoint(run_dir / BEST, model)
-    best_epoch = state.best_epoch if (run_dir / BEST).exists() else state.epoch
-    result = FitResult(run_dir, state.metric, state.best_value, best_epoch, state.history)
-    if info.is_main:
-        write_json(run_dir / "final.json", {
-            "metric": state.metric, "best_value": state.best_value, "best_epoch": best_epoch,
-            "best": state.history[best_epoch], "epochs": state.epoch, "steps": state.step,
-            "seed": cfg.run.seed})
-    return result
 
 
 def load_or_train(
@@ -521,7 +385,6 @@ def load_or_train(
 
 
 __all__ = [
-    "FitResult",
     "TrainingInterrupted",
     "fit",
     "load_or_train",
