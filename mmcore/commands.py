@@ -90,7 +90,7 @@ def _train(cfg: Config, method: str | None, sweep: bool) -> int:
                         "above); fix them, then run the same command again")
     if main_process:
         _record_data(report, cfg)
-    exp = experiment.run(cfg) if sweep and main_process else experiment.train(cfg)
+    exp = experiment.run(cfg) if sweep and main_process else experiment.build_and_train(cfg)
     if main_process:
         print(f"run folder: {exp.run_dir}  best {exp.result.metric}: "
               f"{exp.result.best_value:.4f} (epoch {exp.result.best_epoch})")

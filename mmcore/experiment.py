@@ -1,8 +1,8 @@
 """From a Config to a trained model and its missing-modality scores: what notebooks and the CLI call.
 
-``run(cfg)`` loads the dataset, builds the model, trains it (or loads the finished run,
-or resumes an interrupted one), then encodes the test split once and scores every
-(missing type, rate, seed) from that cache. The run folder ends up holding the config,
+``build_and_train(cfg)`` loads the dataset, builds the model and trains it (or loads the
+finished run, or resumes an interrupted one); ``run(cfg)`` then encodes the test split once
+and scores every (missing type, rate, seed) from that cache. The run folder ends up holding the config,
 the environment, the per-epoch metrics, the checkpoints, every missing table used and
 the tidy ``sweep.csv`` that the book plots.
 """
@@ -149,7 +149,8 @@ def _frozen_embeddings(cfg: Config, model: FusionModel, dataset: MultimodalDatas
     return emb, labels
 
 
-def train(cfg: Config, datasets: dict[str, MultimodalDataset] | None = None) -> Experiment:
+def build_and_train(cfg: Config, datasets: dict[str, MultimodalDataset] | None = None
+                    ) -> Experiment:
     """Train (or load, or resume) the run ``cfg`` describes, in ``cfg.run.out_dir``.
 
     The training split gets the missing table of ``missing.missing_train`` ("complete":
@@ -192,7 +193,7 @@ def run(cfg: Config, rates: Sequence[float] = DEFAULT_RATES,
 
     A finished run with a saved sweep over the same grid is loaded, not recomputed.
     """
-    exp = train(cfg)
+    exp = build_and_train(cfg)
     grid = {"rates": list(rates), "types": list(types), "seeds": list(seeds),
             "fills": [f or cfg.model.fill for f in fills]}
     saved = exp.run_dir / "sweep.json"
