@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch.nn as nn
 from torch import Tensor
 
-from mmcore.config import Config, ModelConfig, TaskType
+from mmcore.choice_lists import TaskType
+from mmcore.config import Config, ModelConfig
 from mmcore.data.base import MultimodalDataset
 from mmcore.data.collate import Collator
 from mmcore.encoders import (build_image_encoder, build_text_encoder, image_transform,

@@ -18,7 +18,7 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-from mmcore.config import METHODS, Fill, choices
+from mmcore.choice_lists import METHODS, Fill, choices
 
 EPILOG = """examples:
   python -m mmcore train                                    # offline default, runs/default

@@ -5,6 +5,7 @@ command line, from papermill parameters in a notebook (``Config.from_params``), 
 Python. Every leaf name is unique across the tree, so a flat parameter such as
 ``prompt_length=4`` names exactly one field. Unknown keys, wrong types and
 out-of-range values are rejected with one line that names the key and what is valid.
+The values of each categorical field are a choice list of ``mmcore.choice_lists``.
 """
 from __future__ import annotations
 
@@ -17,35 +18,10 @@ from typing import Any, Literal, Mapping, get_args, get_origin, get_type_hints
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration key, type or value is invalid; the message names it."""
-
-
-# --- the choices: each list declared once, as the Literal its field (or argument) has -----
-
-TaskType = Literal["multiclass", "multilabel", "binary"]  # picks the task loss and metrics
-PeftMode = Literal["bitfit", "frozen", "layernorm", "full", "lora"]
-Fill = Literal["predict", "zero", "dummy", "mean"]
-Modalities = Literal["both", "image", "text"]
-MissingType = Literal["both", "image", "text"]
-PromptInit = Literal["cls", "independent"]
-PromptPool = Literal["mean", "attention", "concat"]
-PredictFrom = Literal["prompts", "cls"]
-Precision = Literal["bf16", "fp32"]
-Alignment = Literal["vicreg", "mse", "cosine"]
-TextPooling = Literal["mean", "cls"]  # a text preset's pooling (mmcore.encoders.PRESETS)
-
-
-def choices(kind: Any) -> tuple[str, ...]:
-    """The values of one of the Literal types above, in declaration order."""
-    return get_args(kind)
-
-
-def check_choice(key: str, value: Any, kind: Any) -> None:
-    """``ConfigError`` naming ``key`` unless ``value`` is one of ``kind``'s choices."""
-    if value not in get_args(kind):
-        raise ConfigError(f"{key}={value!r} is not valid; valid: {', '.join(get_args(kind))}")
+from mmcore.choice_lists import (Alignment, BadSamplePolicy, ConfigError, DatasetName, Device, Fill,
+                                 MissingTrain, MissingType, Modalities, PeftMode, Precision,
+                                 PredictFrom, Preset, PromptInit, PromptPool, TaskType,
+                                 check_choice)
 
 
 # --- the tree -------------------------------------------------------------------------------
@@ -53,7 +29,7 @@ def check_choice(key: str, value: Any, kind: Any) -> None:
 
 @dataclass
 class ModelConfig:
-    preset: Literal["offline", "paper"] = "offline"  # encoder weights; see mmcore.encoders.PRESETS
+    preset: Preset = "offline"  # encoder weights; see mmcore.weights.PRESETS
     image_encoder: str = ""  # override the preset: a timm name, or a local file / folder
     text_encoder: str = ""  # override the preset: a HF hub id, or a local folder
     pretrained: bool = True  # False builds the same architecture with random weights
@@ -91,14 +67,13 @@ class LossConfig:
 
 @dataclass
 class DataConfig:
-    # clipart and emoji: committed offline data (data/openclipart, data/emoji)
-    dataset: Literal["clipart", "emoji", "mmimdb", "food101", "hateful_memes", "manifest"] = "clipart"
+    dataset: DatasetName = "clipart"  # clipart and emoji: committed offline data
     data_root: str = "data/openclipart"  # dataset folder (or the manifest file)
     task: str = "auto"  # clipart: "category" (= auto) | "keywords"; manifest: auto | a task type
     classes_file: str = ""  # manifest: the label set, one name a line ("": the labels it uses)
     max_text_length: int = 64  # tokens; protocol: 1024 MM-IMDb, 512 Food-101, 128 memes
     num_workers: int = 0  # DataLoader worker processes
-    bad_sample_policy: Literal["missing", "skip", "stop"] = "missing"  # unreadable image / text
+    bad_sample_policy: BadSamplePolicy = "missing"  # unreadable image / text
     allow_outside_root: bool = False  # manifest: accept image paths outside its folder
     limit_samples: int = 0  # > 0: use at most this many samples per split (quick runs)
 
@@ -107,7 +82,7 @@ class DataConfig:
 class MissingConfig:
     missing_rate: float = 0.7  # eta: fraction of samples that lose a modality
     missing_type: MissingType = "both"  # "both": half lose each
-    missing_train: Literal["complete", "missing"] = "complete"  # train with the same missingness?
+    missing_train: MissingTrain = "complete"  # train with the same missingness?
     missing_seed: int = 0  # seed of the missing table (independent of the run seed)
 
 
@@ -128,7 +103,7 @@ class OptimConfig:
 class RunConfig:
     seed: int = 0
     out_dir: str = "runs/default"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
     precision: Precision = "bf16"  # bf16 autocast where the hardware has it
     compile: bool = False  # torch.compile the encoders
     eval_batch_size: int = 64
@@ -233,25 +208,6 @@ class Config:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
-
-
-# --- the compared methods -------------------------------------------------------------------
-
-# Each method the paper compares, as the Config fields it changes from "ours". The fills
-# that replace the predictor get alpha = 0: no alignment loss shapes their encoders.
-# "frozen" is the yardstick: frozen encoders, logistic-regression heads and ridge
-# predictors fitted in closed form on the cached embeddings, late fusion, no SGD at all.
-METHODS: dict[str, dict[str, object]] = {
-    "ours": {},
-    "cls": {"predict_from": "cls"},
-    "frozen": {"peft": "frozen", "predict_from": "cls", "predictor_layers": 1, "epochs": 0,
-               "alpha": 0.0, "probe_init": True},
-    "mean": {"fill": "mean", "alpha": 0.0},
-    "dummy": {"fill": "dummy", "alpha": 0.0},
-    "zero": {"fill": "zero", "alpha": 0.0},
-    "image_only": {"modalities": "image"},
-    "text_only": {"modalities": "text"},
-}
 
 
 # --- validation ------------------------------------------------------------------------------
@@ -385,24 +341,9 @@ def _reject_unknown(
 
 
 __all__ = [
-    "Alignment",
     "Config",
-    "ConfigError",
-    "Fill",
-    "MissingType",
-    "Modalities",
-    "PeftMode",
-    "Precision",
-    "PredictFrom",
-    "PromptInit",
-    "PromptPool",
-    "TaskType",
-    "TextPooling",
-    "check_choice",
-    "choices",
     "DataConfig",
     "LossConfig",
-    "METHODS",
     "MissingConfig",
     "ModelConfig",
     "OptimConfig",

@@ -21,7 +21,8 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from mmcore.config import ModelConfig, TextPooling, check_choice
+from mmcore.choice_lists import TextPooling, check_choice
+from mmcore.config import ModelConfig
 from mmcore.prompts import ReadOnlyPrompts, read_only_mask
 from mmcore.weights import (PRESETS, EncoderSpec, load_image_backbone, load_text_backbone,
                             require_hub, text_source)

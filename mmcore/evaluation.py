@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from mmcore.config import Precision, TaskType
+from mmcore.choice_lists import Precision, TaskType
 from mmcore.metrics import compute_metrics, metric_for, partner_stats, r2_score
 from mmcore.missing import MISSING_TYPES, MissingTable
 from mmcore.model import Embeddings, FusionModel

@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader
 
 from mmcore.build import build_collator, build_model
 from mmcore.checkpoint import atomic_write, write_json
-from mmcore.config import METHODS, Config
+from mmcore.choice_lists import METHODS
+from mmcore.config import Config
 from mmcore.data import MultimodalDataset, load_dataset
 from mmcore.data.check import batch_size_problem
 from mmcore.evaluation import DEFAULT_RATES, DEFAULT_SEEDS, EmbeddingCache, collect, score, sweep

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch.nn as nn
 from torch import Tensor
 
-from mmcore.config import PromptPool, check_choice
+from mmcore.choice_lists import PromptPool, check_choice
 
 
 class FeaturePredictor(nn.Module):

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmcore.config import Alignment, LossConfig, TaskType, choices
+from mmcore.choice_lists import Alignment, TaskType, choices
+from mmcore.config import LossConfig
 
 
 class VICRegTerms(NamedTuple):

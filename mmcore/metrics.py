@@ -24,7 +24,7 @@ import numpy as np
 from sklearn import metrics as skm
 from torch import Tensor
 
-from mmcore.config import TaskType
+from mmcore.choice_lists import TaskType
 
 ArrayLike = Tensor | np.ndarray
 MetricFn = Callable[[ArrayLike, ArrayLike], float]

@@ -39,7 +39,8 @@ import torch
 from torch import Tensor
 
 from mmcore.checkpoint import atomic_write
-from mmcore.config import MissingConfig, MissingType, check_choice, choices
+from mmcore.choice_lists import MissingType, check_choice, choices
+from mmcore.config import MissingConfig
 
 # the sweep's order: text, image, both
 MISSING_TYPES: tuple[str, ...] = tuple(reversed(choices(MissingType)))

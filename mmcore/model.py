@@ -31,7 +31,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from mmcore.config import Fill, LossConfig, ModelConfig, TaskType
+from mmcore.choice_lists import Fill, TaskType
+from mmcore.config import LossConfig, ModelConfig
 from mmcore.heads import ClassifierHead, FeaturePredictor
 from mmcore.losses import alignment_loss, task_loss
 from mmcore.prompts import prompt_parameters

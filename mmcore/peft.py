@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from mmcore.config import PeftMode, check_choice, choices
+from mmcore.choice_lists import PeftMode, check_choice, choices
 from mmcore.prompts import prompt_parameters
 
 PEFT_MODES: tuple[str, ...] = choices(PeftMode)

@@ -25,7 +25,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from mmcore.config import Precision, check_choice
+from mmcore.choice_lists import Precision, check_choice
 
 # --- processes, devices, seeds, precision ------------------------------------------------------
 

