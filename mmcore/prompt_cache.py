@@ -30,10 +30,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from mmcore.cached_forward import TokenCache
 from mmcore.checkpoint import write_json
 from mmcore.config import Config
 from mmcore.data.base import Batch, MultimodalDataset
-from mmcore.encoders import TokenCache
 from mmcore.missing import MissingTable
 from mmcore.model import FusionModel
 from mmcore.runtime import precision_context

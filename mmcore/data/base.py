@@ -75,8 +75,8 @@ class Batch:
     labels: Tensor  # (B,) long for multiclass/binary; (B, C) float for multilabel
     # frozen encoders: each modality's cached original tokens (mmcore.prompt_cache) stand in
     # for pixel_values / input_ids, which are then empty
-    image_tokens: Any = None  # mmcore.encoders.TokenCache | None
-    text_tokens: Any = None  # mmcore.encoders.TokenCache | None
+    image_tokens: Any = None  # mmcore.cached_forward.TokenCache | None
+    text_tokens: Any = None  # mmcore.cached_forward.TokenCache | None
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         return Batch(**{f.name: None if getattr(self, f.name) is None
