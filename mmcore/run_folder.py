@@ -21,15 +21,8 @@ import torch.nn as nn
 from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 
-from mmcore.checkpoint import (
-    CheckpointError,
-    atomic_write,
-    load_checkpoint,
-    read_checkpoint,
-    rng_state,
-    save_checkpoint,
-    write_json,
-)
+from mmcore.checkpoint import (CheckpointError, atomic_write, load_checkpoint, read_checkpoint,
+                               rng_state, save_checkpoint, write_json)
 from mmcore.config import Config
 from mmcore.runtime import DistInfo, environment
 
