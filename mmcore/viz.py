@@ -277,9 +277,10 @@ def plot_training_rate(
         ax.set(title=f"test: missing {missing_type}", xlabel="test missing rate $\\eta$",
                ylabel="")
     axes[0, 0].set_ylabel(ylabel or metric)
-    sns.move_legend(axes[0, 0], "lower center", bbox_to_anchor=(0.5 * len(types), 1.12),
-                    ncol=2, title=None, frameon=False)
-    fig.tight_layout()
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    axes[0, 0].get_legend().remove()
+    fig.legend(handles, labels, loc="upper center", ncol=2, bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
     return fig
 
 
