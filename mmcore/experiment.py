@@ -131,14 +131,15 @@ def _frozen_embeddings(cfg: Config, model: FusionModel, dataset: MultimodalDatas
                        ) -> tuple[Embeddings, Tensor]:
     """A split's embeddings and labels as the model's encoders give them now, with the
     availability the split has in training (real, then ``table``'s, if given)."""
-    if uses_token_cache(cfg):
+    if uses_token_cache(cfg) and cfg.model.predict_from == "cls":  # no prompt pass needed
         cache = caches[dataset.split]
         # a modality no row of the split has was never encoded: zeros, marked absent
-        emb = Embeddings(*(None if encoder is None else c.embedding.float() if c is not None
-                           else torch.zeros(len(cache), encoder.embed_dim)
-                           for c, encoder in ((cache.image, model.image_encoder),
-                                              (cache.text, model.text_encoder))), None, None,
-                         cache.has_image, cache.has_text)
+        image, text = (None if encoder is None else c.embedding.float() if c is not None
+                       else torch.zeros(len(cache), encoder.embed_dim)
+                       for c, encoder in ((cache.image, model.image_encoder),
+                                          (cache.text, model.text_encoder)))
+        emb = Embeddings(image, text, None, None, cache.has_image, cache.has_text,
+                         read_image=image, read_text=text)  # what the cls predictors read
         positions, labels = torch.arange(len(cache)), cache.labels
     else:
         device = resolve_device(cfg.run.device)

@@ -46,14 +46,17 @@ class FeaturePredictor(nn.Module):
         Returns:
             (N, D_out) predicted embedding.
         """
-        if x.dim() == 3:  # (N, K, D_in) -> (N, D_in) or (N, K * D_in)
-            if self.pool == "concat":
-                x = x.flatten(1)
-            elif self.score is not None:
-                x = (self.score(x).softmax(dim=1) * x).sum(dim=1)
-            else:
-                x = x.mean(dim=1)
-        return self.mlp(x)
+        return self.mlp(self.pool_inputs(x))
+
+    def pool_inputs(self, x: Tensor) -> Tensor:
+        """What the first layer reads: (N, K, D_in) -> (N, D_in), or (N, K * D_in) for concat."""
+        if x.dim() == 2:
+            return x
+        if self.pool == "concat":
+            return x.flatten(1)
+        if self.score is not None:
+            return (self.score(x).softmax(dim=1) * x).sum(dim=1)
+        return x.mean(dim=1)
 
 
 class ClassifierHead(nn.Module):

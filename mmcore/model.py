@@ -57,6 +57,10 @@ class Embeddings:
     pred_text: Tensor | None  # (B, Dt) from image
     has_image: Tensor  # (B,) bool
     has_text: Tensor  # (B,) bool
+    # what each predictor's first layer read (pooled prompts, or the embedding for cls):
+    # the inputs of the closed-form (ridge) predictor start, ``mmcore.probe``
+    read_image: Tensor | None = None  # (B, F) read by image -> text
+    read_text: Tensor | None = None  # (B, F) read by text -> image
 
 
 @dataclass
@@ -173,7 +177,7 @@ class FusionModel(nn.Module):
         Returns:
             ``Embeddings`` with full-batch (B, D) tensors; rows without the source hold zeros.
         """
-        image_emb = pred_text = text_emb = pred_image = None
+        image_emb = pred_text = text_emb = pred_image = read_image = read_text = None
         if self.image_encoder is not None:
             rows = batch.has_image.nonzero().squeeze(1)  # (N,)
             out = None
@@ -183,7 +187,8 @@ class FusionModel(nn.Module):
                     tokens if rows.numel() == len(batch) else tokens.select(rows))
             elif rows.numel():
                 out = self.image_encoder(batch.pixel_values[rows])
-            image_emb, pred_text = self._predict_and_scatter(out, rows, len(batch), "image", "text")
+            image_emb, pred_text, read_image = self._predict_and_scatter(
+                out, rows, len(batch), "image", "text")
         if self.text_encoder is not None:
             rows = batch.has_text.nonzero().squeeze(1)  # (N,)
             out = None
@@ -194,25 +199,30 @@ class FusionModel(nn.Module):
             elif rows.numel():
                 out = self.text_encoder(*_trim_padding(batch.input_ids[rows],
                                                        batch.attention_mask[rows]))
-            text_emb, pred_image = self._predict_and_scatter(out, rows, len(batch), "text", "image")
+            text_emb, pred_image, read_text = self._predict_and_scatter(
+                out, rows, len(batch), "text", "image")
         return Embeddings(image_emb, text_emb, pred_image, pred_text,
-                          batch.has_image, batch.has_text)
+                          batch.has_image, batch.has_text, read_image, read_text)
 
     def _predict_and_scatter(self, out: EncoderOutput | None, rows: Tensor, batch_size: int,
-                             source: str, target: str) -> tuple[Tensor, Tensor | None]:
-        """Predict the target from the encoded rows; scatter both into (B, D) zeros."""
+                             source: str, target: str
+                             ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Predict the target from the encoded rows; scatter the embedding, the prediction
+        and what the predictor read into full-batch zeros."""
         predictor = self.predictors[f"{source}_to_{target}"] if self.is_bimodal else None
         dim = self.heads[source].fc.in_features
         if out is None:  # no row has the source modality
             emb = torch.zeros(batch_size, dim, device=rows.device)
             pred = None if predictor is None else torch.zeros(
                 batch_size, self.heads[target].fc.in_features, device=rows.device)
-            return emb, pred
+            return emb, pred, None
         emb = _scatter_rows(out.embedding, rows, batch_size)  # (B, D)
         if predictor is None:
-            return emb, None
-        inputs = out.prompts if self.predict_from == "prompts" else out.embedding
-        return emb, _scatter_rows(predictor(inputs), rows, batch_size)  # (B, D_target)
+            return emb, None, None
+        read = predictor.pool_inputs(
+            out.prompts if self.predict_from == "prompts" else out.embedding)  # (N, F)
+        return (emb, _scatter_rows(predictor.mlp(read), rows, batch_size),  # (B, D_target)
+                _scatter_rows(read, rows, batch_size))
 
     # --- fusion ---------------------------------------------------------------------------
 

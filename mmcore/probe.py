@@ -11,9 +11,10 @@ training split's embeddings:
   for the L2 penalty, folded back into the weights), split into the image and the text
   head. Two heads fitted apart would each learn the class prior, and their sum would count
   it twice. A missing modality is filled with its training mean (``fill="mean"``);
-- a ridge regression for each linear predictor that reads an embedding (the CLS baseline
-  with ``predictor_layers=1``: the frozen-feature pipeline); a deeper predictor starts at
-  the training mean of its target (last layer zero, bias the mean), the fill it must beat;
+- a ridge regression for each linear predictor (``predictor_layers=1``) from what it reads
+  (the pooled prompt outputs, or the embedding for the CLS baseline) to its target; a
+  deeper predictor starts at the training mean of its target (last layer zero, bias the
+  mean), the fill it must beat;
 - the mean embeddings that ``fill="mean"`` stands in.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mmcore.config import TaskType
+from mmcore.choice_lists import TaskType
 from mmcore.losses import task_loss
 from mmcore.metrics import compute_metrics, metric_for, r2_score
 from mmcore.model import Embeddings, FusionModel
@@ -165,11 +166,11 @@ def initialise_from_probes(model: FusionModel, train: Embeddings, train_labels: 
         if predictor is None or target not in means:
             continue
         pairs, val_pairs = (e.has_image & e.has_text for e in (train, val))
-        if model.predict_from == "cls" and len(predictor.mlp) == 1 \
+        read, val_read = (getattr(e, f"read_{source}") for e in (train, val))
+        if len(predictor.mlp) == 1 and read is not None and val_read is not None \
                 and int(pairs.sum()) >= 2 and int(val_pairs.sum()) >= 2:
-            ridge = fit_ridge(getattr(train, f"{source}_emb")[pairs].float(),
-                              getattr(train, f"{target}_emb")[pairs].float(),
-                              getattr(val, f"{source}_emb")[val_pairs].float(),
+            ridge = fit_ridge(read[pairs].float(), getattr(train, f"{target}_emb")[pairs].float(),
+                              val_read[val_pairs].float(),
                               getattr(val, f"{target}_emb")[val_pairs].float())
             _copy(predictor.mlp[0], ridge)
             report[f"ridge_{source}_to_{target}"] = ridge.val_score

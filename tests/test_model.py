@@ -285,8 +285,10 @@ def test_predict_from_cls_feeds_the_embedding_to_the_predictor():
     for source in ("prompts", "cls"):
         model = make_model(predict_from=source).eval()
         shapes = []
-        model.predictors["image_to_text"].register_forward_hook(
-            lambda m, inp, out: shapes.append(tuple(inp[0].shape)))
+        predictor = model.predictors["image_to_text"]
+        pool = predictor.pool_inputs  # what the predictor is handed, before pooling
+        predictor.pool_inputs = lambda x, pool=pool, shapes=shapes: (
+            shapes.append(tuple(x.shape)) or pool(x))
         batch = make_batch(HAS_IMAGE, HAS_TEXT)
         seen[source] = (shapes, model.encode(batch).pred_text)
     n = sum(HAS_IMAGE)

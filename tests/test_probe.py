@@ -49,10 +49,16 @@ def test_initialise_sets_heads_linear_predictors_and_mean_fills():
     image, text = torch.randn(60, 32, generator=g), torch.randn(60, 32, generator=g)
     labels = torch.arange(60) % 3
     has_text = torch.arange(60) % 5 != 0  # every fifth row lacks its text
-    emb = Embeddings(image, text, None, None, torch.ones(60, dtype=torch.bool), has_text)
+    emb = Embeddings(image, text, None, None, torch.ones(60, dtype=torch.bool), has_text,
+                     read_image=image, read_text=text)  # the cls predictors read embeddings
     before = model.heads["image"].fc.weight.clone()
     report = initialise_from_probes(model, emb, labels, emb, labels)
     assert set(report) == {"heads", "ridge_image_to_text", "ridge_text_to_image"}
+    pairs = has_text
+    ridge = fit_ridge(image[pairs], text[pairs], image[pairs], text[pairs])
+    torch.testing.assert_close(model.predictors["image_to_text"].mlp[0].weight, ridge.weight)
+    ridge = fit_ridge(image[has_text], text[has_text], image[has_text], text[has_text])
+    torch.testing.assert_close(model.predictors["image_to_text"].mlp[0].weight, ridge.weight)
     assert not torch.equal(model.heads["image"].fc.weight, before)
     torch.testing.assert_close(model.mean_text, text[has_text].mean(0))  # only rows that have it
     torch.testing.assert_close(model.mean_image, image.mean(0))
