@@ -92,6 +92,7 @@ class OptimConfig:
     batch_size: int = 32
     lr: float = 1e-3  # for prompts, predictors and heads
     encoder_lr: float = 1e-4  # for the encoder parameters PEFT leaves trainable
+    head_lr: float = 1e-4  # the classifier heads: they start at their closed-form fit
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1  # fraction of steps with linear warm-up, then cosine decay
     grad_accum: int = 1  # micro-batches per optimiser step
@@ -233,6 +234,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "batch_size": (1, None),
     "lr": (0.0, None),
     "encoder_lr": (0.0, None),
+    "head_lr": (0.0, None),
     "weight_decay": (0.0, None),
     "warmup_ratio": (0.0, 1.0),
     "grad_accum": (1, None),

@@ -2,8 +2,8 @@
 
 ``fit`` trains any module whose ``forward(batch)`` returns an object with ``logits``,
 ``loss`` and ``terms`` (``FusionModel``'s ``ModelOutput``): AdamW with the encoder
-parameters PEFT leaves trainable at ``optim.encoder_lr`` and everything else at
-``optim.lr``, linear warm-up then cosine decay per optimiser step, gradient accumulation,
+parameters PEFT leaves trainable at ``optim.encoder_lr``, the heads at ``optim.head_lr``
+and everything else at ``optim.lr``, linear warm-up then cosine decay per optimiser step, gradient accumulation,
 bf16 autocast, gradient clipping, a validation metric per epoch and the best checkpoint
 by the headline metric.
 
@@ -81,24 +81,28 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # stop after the current optimis
 
 
 def param_groups(model: nn.Module, optim: OptimConfig) -> list[dict[str, Any]]:
-    """AdamW groups: (encoder | rest) x (decay | no decay), empty groups left out.
+    """AdamW groups: (encoder | heads | rest) x (decay | no decay), empty groups left out.
 
     Encoder parameters are the trainable ones under a top-level module whose name ends in
     "encoder" (``image_encoder``, ``text_encoder``), except read-only prompts; they train at
-    ``optim.encoder_lr``, everything else at ``optim.lr``. Biases, norm weights (every
-    parameter of fewer than 2 dimensions) and prompts get no weight decay.
+    ``optim.encoder_lr``. The classifier heads (top-level ``heads``) train at
+    ``optim.head_lr``: they start at their closed-form fit, which a large step would undo.
+    Everything else (prompts, predictors) trains at ``optim.lr``. Biases, norm weights
+    (every parameter of fewer than 2 dimensions) and prompts get no weight decay.
     """
     prompts = {id(p) for p in prompt_parameters(model)}
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {
-        (enc, decay): [] for enc in (True, False) for decay in (True, False)}
+    rates = {"encoder": optim.encoder_lr, "heads": optim.head_lr, "rest": optim.lr}
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {
+        (part, decay): [] for part in rates for decay in (True, False)}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            encoder = name.split(".", 1)[0].endswith("encoder") and id(p) not in prompts
-            groups[encoder, p.ndim >= 2 and id(p) not in prompts].append(p)
-    return [{"name": f"{'encoder' if enc else 'rest'}_{'decay' if decay else 'no_decay'}",
-             "params": ps, "lr": optim.encoder_lr if enc else optim.lr,
-             "weight_decay": optim.weight_decay if decay else 0.0}
-            for (enc, decay), ps in groups.items() if ps]
+            top = name.split(".", 1)[0]
+            part = ("encoder" if top.endswith("encoder") and id(p) not in prompts
+                    else "heads" if top == "heads" else "rest")
+            groups[part, p.ndim >= 2 and id(p) not in prompts].append(p)
+    return [{"name": f"{part}_{'decay' if decay else 'no_decay'}", "params": ps,
+             "lr": rates[part], "weight_decay": optim.weight_decay if decay else 0.0}
+            for (part, decay), ps in groups.items() if ps]
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:

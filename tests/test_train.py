@@ -34,7 +34,7 @@ TIMING = ("time_s", "samples_per_s")  # the only fields that may differ between 
 
 def _cfg(**params) -> Config:
     base = dict(epochs=3, batch_size=8, eval_batch_size=16, lr=1e-2, encoder_lr=1e-3,
-                precision="fp32", progress=False, warmup_ratio=0.2, seed=3)
+                head_lr=1e-2, precision="fp32", progress=False, warmup_ratio=0.2, seed=3)
     return Config.from_params(**{**base, **params})
 
 
@@ -106,8 +106,12 @@ def test_param_groups_split_encoder_lr_and_weight_decay():
     assert "image_encoder.proj.bias" in members["encoder_no_decay"]
     prompts = {"image_encoder.prompts.tokens", "text_encoder.prompts.tokens"}
     assert prompts <= members["rest_no_decay"]  # prompts: optim.lr, no decay
-    assert members["rest_decay"] == {"heads.image.weight", "heads.text.weight"}
-    assert groups["encoder_decay"]["lr"] == o.encoder_lr and groups["rest_decay"]["lr"] == o.lr
+    assert members["heads_decay"] == {"heads.image.weight", "heads.text.weight"}
+    assert members["heads_no_decay"] == {"heads.image.bias", "heads.text.bias"}
+    assert groups["encoder_decay"]["lr"] == o.encoder_lr and groups["rest_no_decay"]["lr"] == o.lr
+    assert groups["heads_decay"]["lr"] == o.head_lr
+    default = Config().optim
+    assert default.head_lr < default.lr  # heads start at their closed-form fit: small steps
     assert groups["rest_no_decay"]["weight_decay"] == 0.0
     assert groups["encoder_decay"]["weight_decay"] == 0.05
     trained = set().union(*members.values())
@@ -146,7 +150,7 @@ def test_fit_writes_the_run_folder_and_keeps_the_best_weights(tmp_path):
 
 
 def test_fit_learns_the_toy_task(tmp_path):
-    result = _run(_cfg(epochs=6, warmup_ratio=0.0, lr=3e-2), tmp_path)[1]
+    result = _run(_cfg(epochs=6, warmup_ratio=0.0, lr=3e-2, head_lr=3e-2), tmp_path)[1]
     losses = [r["train_loss"] for r in result.history[1:]]
     assert losses[-1] < 0.8 * losses[0]
 
