@@ -168,8 +168,8 @@ def test_scaling_to_the_target_silences_the_variance_hinge_for_a_perfect_predict
     # a text-like target: every dimension spreads about 0.3, well below VICReg's threshold of 1
     y = 0.3 * torch.randn(256, 8, generator=torch.Generator().manual_seed(9))
     y.requires_grad_()  # both branches count in VICReg's variance term
-    raw = alignment_loss(y.clone(), y, LossConfig(scale_to_target=False))
-    scaled = alignment_loss(y.clone(), y, LossConfig())
+    raw = alignment_loss(y.clone(), y, LossConfig(alignment="vicreg", scale_to_target=False))
+    scaled = alignment_loss(y.clone(), y, LossConfig(alignment="vicreg"))
     assert raw.inv.item() == 0.0 and scaled.inv.item() == 0.0
     assert raw.var.item() > 0.6  # unscaled, a perfect prediction is still pushed to spread out
     assert scaled.var.item() < 0.1
@@ -196,5 +196,6 @@ def test_a_detached_target_drops_only_its_constant_halves():
     (g_full,) = torch.autograd.grad(full.total, x)
     (g_pred,) = torch.autograd.grad(pred_only.total, x)
     torch.testing.assert_close(g_pred, g_full)  # the same training signal
-    terms = alignment_loss(x, y, LossConfig(scale_to_target=False))  # y carries no gradient
+    # y carries no gradient
+    terms = alignment_loss(x, y, LossConfig(alignment="vicreg", scale_to_target=False))
     assert terms.var == pred_only.var and terms.cov == pred_only.cov

@@ -271,7 +271,8 @@ def test_predictors_learn_only_from_the_alignment_under_complete_data():
 def test_stop_grad_target_changes_the_target_encoders_gradient():
     grads = {}
     for stop in (False, True):
-        model = make_model(seed=3, loss_cfg=LossConfig(stop_grad_target=stop, alpha=1.0))
+        model = make_model(seed=3, loss_cfg=LossConfig(alignment="vicreg",
+                                                          stop_grad_target=stop, alpha=1.0))
         out = model(make_batch([True] * 6, [True] * 6))
         out.loss.backward()
         grads[stop] = (out.terms["align"], model.text_encoder.bias.grad.clone())
