@@ -93,6 +93,9 @@ def plot_variants(rows: Sequence[dict[str, Any]], metric: str,
                   reference: float | None = None) -> plt.Figure:
     """One horizontal bar per variant, grouped by ablation, with the spread over seeds.
 
+    One colour means one thing in every panel: the default variant (its name ends in
+    "(default)") in the method's colour, every alternative in grey.
+
     Args:
         rows: dicts with ``ablation``, ``variant``, ``mean`` and ``std`` of ``metric``.
         metric: axis label.
@@ -109,8 +112,10 @@ def plot_variants(rows: Sequence[dict[str, Any]], metric: str,
     for ax, group in zip(axes[:, 0], groups):
         part = [row for row in rows if row["ablation"] == group]
         y = np.arange(len(part))
-        ax.barh(y, [r["mean"] for r in part], xerr=[r["std"] for r in part],
-                color=[f"C{i}" for i in range(len(part))], height=0.6, capsize=3)
+        colors = [METHOD_COLORS["ours"] if str(r["variant"]).endswith("(default)") else "0.7"
+                  for r in part]
+        ax.barh(y, [r["mean"] for r in part], xerr=[r["std"] for r in part], color=colors,
+                height=0.6, capsize=3)
         ax.set_yticks(y, [str(r["variant"]) for r in part])
         ax.set_title(group, loc="left")
         if reference is not None:

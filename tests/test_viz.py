@@ -7,6 +7,8 @@ import pytest
 
 matplotlib.use("Agg")
 
+import matplotlib.pyplot as plt  # noqa: E402
+
 from mmcore import metrics, viz  # noqa: E402 (after choosing the backend)
 
 
@@ -108,3 +110,21 @@ def test_describe_difference_says_level_within_one_sd() -> None:
     assert "ahead of the baseline by 2.0 points" in viz.describe_difference([2.0, 2.1, 1.9])
     assert "behind" in viz.describe_difference([-3.0, -2.9, -3.1])
 
+
+
+def test_plot_variants_colours_the_default_alike_in_every_panel():
+    rows = [{"ablation": "K", "variant": "1", "mean": 60.0, "std": 1.0},
+            {"ablation": "K", "variant": "6 (default)", "mean": 62.0, "std": 0.5},
+            {"ablation": "loss", "variant": "mse (default)", "mean": 62.0, "std": 0.5},
+            {"ablation": "loss", "variant": "vicreg", "mean": 55.0, "std": 2.0}]
+    fig = viz.plot_variants(rows, "accuracy (%)", reference=62.0)
+    panels = fig.axes
+    assert [ax.get_title(loc="left") for ax in panels] == ["K", "loss"]
+    ours = matplotlib.colors.to_rgba(viz.METHOD_COLORS["ours"])
+    for ax, default_index in zip(panels, (1, 0)):
+        colours = [bar.get_facecolor() for bar in ax.patches]
+        assert colours[default_index] == ours
+        assert all(c != ours for i, c in enumerate(colours) if i != default_index)
+    with pytest.raises(ValueError, match="no rows"):
+        viz.plot_variants([], "accuracy (%)")
+    plt.close(fig)
