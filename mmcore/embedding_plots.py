@@ -126,7 +126,9 @@ def plot_space(ax: plt.Axes, points: Mapping[str, np.ndarray], highlight: Sequen
 def umap_figure(embeddings: Mapping[str, Any], labels: Mapping[str, np.ndarray], modality: str,
                 classes: Sequence[str], n_highlight: int = 4, random_state: int = 0,
                 max_lines: int = 12) -> plt.Figure:
-    """One space (``modality``) for several models side by side, with one legend below.
+    """One space (``modality``) for several models, one above the other, with one legend below.
+
+    Stacked, the figure stays narrow: scaled to a phone's width its labels stay legible.
 
     Args:
         embeddings: model name -> its `Embeddings` of the test split.
@@ -140,8 +142,9 @@ def umap_figure(embeddings: Mapping[str, Any], labels: Mapping[str, np.ndarray],
     names = list(embeddings)
     highlight = top_classes(next(iter(labels.values())), n_highlight)
     colors = sns.color_palette("Dark2", len(highlight))
-    fig, axes = plt.subplots(1, len(names), figsize=(3.3 * len(names), 3.9), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    height = 3.4 * len(names) + 1.3  # inches: the panels, then the legend
+    fig, axes = plt.subplots(len(names), 1, figsize=(4.2, height), squeeze=False)
+    for ax, name in zip(axes[:, 0], names):
         points = space_points(embeddings[name], labels[name], modality, random_state)
         plot_space(ax, points, highlight, colors, f"{name}: {modality} space", max_lines)
     handles = [Patch(color=c, label=classes[k]) for k, c in zip(highlight, colors)]
@@ -149,9 +152,10 @@ def umap_figure(embeddings: Mapping[str, Any], labels: Mapping[str, np.ndarray],
                 Line2D([], [], ls="", marker="o", color="0.3", label="true embedding"),
                 Line2D([], [], ls="", marker="x", color="0.3", label="prediction"),
                 Line2D([], [], color="0.3", lw=0.8, label=f"{max_lines} per class: to its truth")]
-    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=9, handlelength=1.2,
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=9, handlelength=1.2,
                columnspacing=1.0, bbox_to_anchor=(0.5, 0.0))
-    fig.subplots_adjust(left=0.02, right=0.98, top=0.93, bottom=0.27, wspace=0.05)
+    fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.3 / height, bottom=1.3 / height,
+                        hspace=0.12)
     return fig
 
 
