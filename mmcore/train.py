@@ -1,4 +1,4 @@
-"""The training loop: ``fit`` and ``load_or_train``; optimiser, schedule, signals; resumable.
+"""The training loop: ``fit`` and ``load_or_train``; optimiser groups, schedule; resumable.
 
 ``fit`` trains any module whose ``forward(batch)`` returns an object with ``logits``,
 ``loss`` and ``terms`` (``FusionModel``'s ``ModelOutput``): AdamW with the encoder
@@ -30,9 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -72,9 +69,9 @@ from mmcore.runtime import (
     start_epoch,
     wrap_ddp,
 )
+from mmcore.stop_signals import StopSignals, TrainingInterrupted
 
 EvaluateFn = Callable[[nn.Module, DataLoader], dict[str, float]]
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # stop after the current optimiser step
 
 
 # --- optimisation ------------------------------------------------------------------------------
@@ -117,61 +114,6 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
 # --- training ----------------------------------------------------------------------------------
 
 
-class TrainingInterrupted(SystemExit):
-    """``fit`` stopped on SIGINT / SIGTERM once ``last`` was saved. Uncaught, it ends the
-    process with its message and no traceback; running the same call again resumes."""
-
-    def __init__(self, signum: int, checkpoint: Path, step: int) -> None:
-        super().__init__(
-            f"training stopped by {signal.Signals(signum).name} after optimiser step {step}; "
-            f"saved {checkpoint}. To resume, run the same command again (python -m mmcore "
-            "train ... and load_or_train resume automatically) or call fit(..., resume=True)")
-        self.signum, self.checkpoint, self.step = signum, checkpoint, step
-
-
-class _StopSignals:
-    """SIGINT / SIGTERM while ``fit`` runs: the first asks for a stop after the current
-    optimiser step (``fit`` saves ``last``, then raises ``TrainingInterrupted``); a second
-    aborts at once. Handlers are installed only in the main thread and restored on exit."""
-
-    def __init__(self, info: DistInfo, device: torch.device) -> None:
-        self.info, self.device = info, device
-        self.signum = 0  # the first signal received (0: none)
-        self.previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            self.previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._restore()
-
-    def _restore(self) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
-        self.previous = {}
-
-    def _handle(self, signum: int, frame: object) -> None:
-        name = signal.Signals(signum).name
-        if self.signum:
-            self._restore()
-            raise KeyboardInterrupt(f"second {name}: training aborted without saving")
-        self.signum = signum
-        # os.write, not print: the signal may interrupt a write to stderr (a progress bar)
-        os.write(2, f"\n{name}: stopping after this optimiser step once the checkpoint is "
-                    "saved (send it again to abort at once)\n".encode())
-
-    def requested(self) -> int:
-        """The signal that asked any process to stop (0: none); a collective under torchrun."""
-        if self.info.world_size == 1:
-            return self.signum
-        comm = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
-        flag = torch.tensor([self.signum], device=comm)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return int(flag.item())
-
-
 @dataclass
 class _Trainer:
     """One run's fixed parts: what ``fit`` sets up, shared by its epochs."""
@@ -184,7 +126,7 @@ class _Trainer:
     info: DistInfo
     device: torch.device
     run_dir: Path
-    stop: _StopSignals
+    stop: StopSignals
 
     def save_last(self, state: Progress) -> None:  # a collective: every rank takes part
         save_last(self.run_dir, self.model, self.optimizer, self.scheduler, state, self.cfg,
@@ -328,7 +270,7 @@ def fit(
             if info.is_main:
                 save_best(run_dir, model, cfg, row["epoch"], scores)
 
-    with _StopSignals(info, device) as stop:
+    with StopSignals(info, device) as stop:
         trainer = _Trainer(model, wrap_ddp(model, device, info), optimizer, scheduler, cfg,
                            info, device, run_dir, stop)
         _run_epochs(trainer, train_loader, state, validate)
