@@ -28,7 +28,7 @@ ATOL = RTOL = 1e-5
 
 def test_two_processes_match_one(tmp_path):
     overrides = dict(epochs=3, batch_size=8, eval_batch_size=16, lr=1e-2, encoder_lr=1e-3,
-                     precision="fp32", progress=False, warmup_ratio=0.2, seed=3)
+                     head_lr=1e-2, precision="fp32", progress=False, warmup_ratio=0.2, seed=3)
     cfg = _cfg(**overrides)
     model, train, val = _build(cfg)
     single = fit(model, train, val, cfg, tmp_path / "one")
