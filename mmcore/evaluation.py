@@ -138,11 +138,18 @@ def collect(model: FusionModel, loader: DataLoader, device: torch.device | str =
     return EmbeddingCache(Embeddings(**merged), torch.cat([p[1] for p in parts])[order], index[order])
 
 
-@torch.no_grad()
 def score(model: FusionModel, cache: EmbeddingCache, table: MissingTable, task_type: TaskType,
           fill: str | None = None) -> dict[str, float]:
     """Metrics of the cached split under one missing table (and optionally another fill)."""
     model.eval()
+    return _score(model, cache, table, task_type, fill)
+
+
+@torch.no_grad()
+def _score(model: FusionModel, cache: EmbeddingCache, table: MissingTable, task_type: TaskType,
+           fill: str | None) -> dict[str, float]:
+    """``score`` on a model already in evaluation mode (``eval()`` walks every submodule of
+    both encoders: once per sweep, not once per table)."""
     # tables have one row per cached sample; rows skipped by bad_sample_policy="skip" leave
     # gaps in the split positions (cache.index), so the table is indexed by cache position
     positions = torch.arange(len(cache))
@@ -178,6 +185,7 @@ def sweep(model: FusionModel, cache: EmbeddingCache, task_type: TaskType, datase
         table_sha256 and every metric.
     """
     grid = list(itertools.product(types, rates, seeds))
+    model.eval()
     rows = []
     for missing_type, rate, seed in tqdm(grid, desc="sweep", disable=not progress, leave=False):
         table = MissingTable.build(len(cache), rate, missing_type, seed, dataset=dataset, split=split)
@@ -187,7 +195,7 @@ def sweep(model: FusionModel, cache: EmbeddingCache, task_type: TaskType, datase
             rows.append({"dataset": dataset, "split": split, "missing_type": missing_type,
                          "missing_rate": rate, "seed": seed, "fill": fill or model.fill,
                          "table_sha256": table.digest(),
-                         **score(model, cache, table, task_type, fill=fill)})
+                         **_score(model, cache, table, task_type, fill)})
     return rows
 
 

@@ -1,4 +1,4 @@
-"""The benchmarks' metrics, computed by scikit-learn from logits.
+"""The benchmarks' metrics, computed from logits in vectorised NumPy.
 
 Every metric takes raw logits (what ``FusionModel`` returns) and the collated labels,
 so there is one place that turns scores into decisions:
@@ -10,8 +10,10 @@ so there is one place that turns scores into decisions:
   (logit 0), as MM-IMDb's F1 is reported.
 
 Headline metrics follow the protocol: accuracy (Food-101), F1-macro (MM-IMDb), AUROC
-(Hateful Memes). Labels below zero mark unlabelled rows (``mmcore.data.collate.UNLABELLED``);
-scoring them is refused. A class without positives makes F1 zero for that class (scikit-
+(Hateful Memes). They give scikit-learn's values (tests/test_metrics.py compares them) but
+score every class in one pass: a sweep scores hundreds of missing tables, and scikit-learn's
+per-call input validation used to dominate it. Labels below zero mark unlabelled rows (``mmcore.data.collate.UNLABELLED``);
+scoring them is refused. A class never predicted and never true has F1 zero (scikit-
 learn's ``zero_division=0``); AUROC skips classes where it is undefined (no positives or
 no negatives) and is NaN when no class is left.
 """
@@ -21,7 +23,7 @@ import warnings
 from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
-from sklearn import metrics as skm
+from scipy.stats import rankdata
 from torch import Tensor
 
 from mmcore.choice_lists import TaskType
@@ -79,17 +81,28 @@ def accuracy(logits: ArrayLike, labels: ArrayLike) -> float:
     scores, targets, multilabel = _prepare(logits, labels)
     if multilabel:
         return float(((scores > 0) == targets.astype(bool)).mean())
-    return float(skm.accuracy_score(targets, _decisions(scores)))
+    return float((_decisions(scores) == targets).mean())
+
+
+def _one_hot(classes: np.ndarray, num_classes: int) -> np.ndarray:
+    return classes[:, None] == np.arange(num_classes)[None, :]
 
 
 def _f1(logits: ArrayLike, labels: ArrayLike, average: str) -> float:
+    """F1 from (N, C) boolean decisions and truths: per class then averaged, or pooled."""
     scores, targets, multilabel = _prepare(logits, labels)
     if multilabel:
-        return float(skm.f1_score(targets, (scores > 0).astype(np.int64), average=average,
-                                  zero_division=0))
-    num_classes = 2 if scores.ndim == 1 or scores.shape[1] == 1 else scores.shape[1]
-    return float(skm.f1_score(targets, _decisions(scores), average=average,
-                              labels=np.arange(num_classes), zero_division=0))
+        decided, truth = scores > 0, targets.astype(bool)
+    else:
+        num_classes = 2 if scores.ndim == 1 or scores.shape[1] == 1 else scores.shape[1]
+        decided = _one_hot(_decisions(scores), num_classes)
+        truth = _one_hot(targets, num_classes)
+    hits = (decided & truth).sum(axis=0)
+    claimed = decided.sum(axis=0) + truth.sum(axis=0)  # predicted + true, per class
+    if average == "micro":
+        return float(2 * hits.sum() / claimed.sum()) if claimed.sum() else 0.0
+    per_class = np.divide(2 * hits, claimed, out=np.zeros(len(hits)), where=claimed > 0)
+    return float(per_class.mean())
 
 
 def f1_macro(logits: ArrayLike, labels: ArrayLike) -> float:
@@ -125,7 +138,16 @@ def auroc(logits: ArrayLike, labels: ArrayLike) -> float:
                       stacklevel=2)
     if len(defined) == 0:
         return float("nan")
-    return float(np.mean([skm.roc_auc_score(targets[:, c], scores[:, c]) for c in defined]))
+    return float(np.mean(_rank_aurocs(scores[:, defined], targets[:, defined].astype(bool))))
+
+
+def _rank_aurocs(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """Each column's AUROC by the rank-sum identity (Mann-Whitney U / (P N)), ties counted
+    one half: the probability that a random positive outscores a random negative."""
+    ranks = rankdata(scores, axis=0)  # average ranks for ties
+    n_pos = positive.sum(axis=0)
+    n_neg = len(positive) - n_pos
+    return ((ranks * positive).sum(axis=0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 class Metric(NamedTuple):

@@ -94,11 +94,11 @@ def fit_ridge(x: Tensor, y: Tensor, x_val: Tensor, y_val: Tensor,
     return best
 
 
-def _rows(emb: Embeddings, labels: Tensor, modality: str) -> tuple[Tensor, Tensor]:
-    """The embeddings of one modality and the labels of the rows that have it."""
-    present = emb.has_image if modality == "image" else emb.has_text
-    values = emb.image_emb if modality == "image" else emb.text_emb
-    return values[present].float(), labels[present]
+def _modality(emb: Embeddings, modality: str) -> tuple[Tensor, Tensor]:
+    """One modality's embeddings (float) and the mask of the rows that have it."""
+    if modality == "image":
+        return emb.image_emb.float(), emb.has_image
+    return emb.text_emb.float(), emb.has_text
 
 
 @torch.no_grad()
@@ -118,8 +118,7 @@ def _standardised_fit(x: Tensor, y: Tensor, task_type: TaskType, x_val: Tensor, 
 
 def _filled(emb: Embeddings, modality: str, mean: Tensor) -> Tensor:
     """One modality's embeddings with the missing rows set to ``mean``."""
-    present = emb.has_image if modality == "image" else emb.has_text
-    values = (emb.image_emb if modality == "image" else emb.text_emb).float()
+    values, present = _modality(emb, modality)
     return torch.where(present[:, None], values, mean)
 
 
@@ -139,8 +138,11 @@ def initialise_from_probes(model: FusionModel, train: Embeddings, train_labels: 
         The validation score of each fit (``heads``, ``ridge_text_to_image``, ...).
     """
     report: dict[str, float] = {}
-    means = {m: _rows(train, train_labels, m)[0] for m in model.heads}
-    means = {m: x.mean(0) for m, x in means.items() if len(x)}
+    means: dict[str, Tensor] = {}
+    for modality in model.heads:
+        values, present = _modality(train, modality)
+        if present.any():
+            means[modality] = values[present].mean(0)
     model.set_fill_means(means.get("image"), means.get("text"))
     if not fit:
         return report

@@ -21,6 +21,14 @@ def mmcore_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One run folder for every notebook a session executes (tests/test_notebooks.py, the
+    built chapter of tests/test_book_site.py): never runs/, and chapters at the same small
+    parameters load each other's runs instead of training them again."""
+    return tmp_path_factory.mktemp("notebook_runs") / "runs"
+
+
+@pytest.fixture(scope="session")
 def offline_vit(mmcore_cache: Path):
     """The converted offline DINOv2 ViT-S/14 at 224 px, in eval mode (do not modify it)."""
     from mmcore.config import ModelConfig

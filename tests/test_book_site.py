@@ -27,6 +27,7 @@ from urllib.parse import urljoin, urlparse
 import pytest
 from _scripts import load_script
 from _site import build, chapter_title, git, make_publish, standin_book
+from test_notebooks import SMALL_PARAMS as NOTEBOOK_SMALL_PARAMS
 
 pytestmark = pytest.mark.browser
 
@@ -38,9 +39,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1280, "height": 900}
 PAPER = "https://arxiv.org/abs/2407.12616"
-# Config leaves that make the chapter's three training runs take seconds each
-SMALL_PARAMS = {"limit_samples": 64, "epochs": 1, "batch_size": 16, "eval_batch_size": 32,
-                "prompt_length": 2}
+SMALL_PARAMS = NOTEBOOK_SMALL_PARAMS[CHAPTER]  # the notebook test's: the two share runs
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
@@ -53,14 +52,16 @@ def _load_build_book():
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def site(tmp_path_factory: pytest.TempPathFactory, runs_dir: Path) -> Path:
     """The chapter built into a throw-away copy of the book (the repo's _build and runs/ untouched);
-    the other chapters are stand-ins."""
+    the other chapters are stand-ins. Its runs go to the session's notebook run folder, where
+    tests/test_notebooks.py executes the same chapter at the same parameters: whichever runs
+    second loads the models the first trained."""
     build_book = _load_build_book()
     out = tmp_path_factory.mktemp("site")
     book = standin_book(out)
     source = ROOT / "notebooks" / f"{CHAPTER}.ipynb"
-    params = {**SMALL_PARAMS, "out_dir": str(out / "runs")}
+    params = {**SMALL_PARAMS, "out_dir": str(runs_dir)}
     build_book.execute(source, book / "chapters" / source.name, params, progress=False)
     build_book.build_site(book, out / "_config.yml", out)
     return out / "_build" / "html"

@@ -53,6 +53,35 @@ def test_multilabel_metrics_match_sklearn_with_an_empty_class(rng):
         np.mean([skm.roc_auc_score(labels[:, c], logits[:, c]) for c in defined]))
 
 
+@pytest.mark.parametrize("task_type", ["multiclass", "multilabel", "binary"])
+def test_tied_and_quantised_scores_match_sklearn(rng, task_type):
+    """Ties (scores rounded to one decimal, e.g. a constant fill's logits) are where a rank-sum
+    AUROC and a threshold-sweep AUROC could part: each tie counts one half in both."""
+    logits = np.round(rng.normal(size=(300, 4)), 1)
+    if task_type == "multilabel":
+        labels = (rng.random((300, 4)) < 0.3).astype(np.int64)
+        pred = (logits > 0).astype(np.int64)
+        aucs = [skm.roc_auc_score(labels[:, c], logits[:, c]) for c in range(4)]
+        expected = {"f1_macro": skm.f1_score(labels, pred, average="macro", zero_division=0),
+                    "f1_micro": skm.f1_score(labels, pred, average="micro", zero_division=0),
+                    "auroc": np.mean(aucs)}
+    elif task_type == "binary":
+        logits = logits[:, :2]
+        labels = rng.integers(0, 2, size=300)
+        pred = logits.argmax(1)
+        expected = {"auroc": skm.roc_auc_score(labels, _softmax(logits)[:, 1]),
+                    "accuracy": skm.accuracy_score(labels, pred),
+                    "f1_macro": skm.f1_score(labels, pred, average="macro")}
+    else:
+        labels = rng.integers(0, 4, size=300)
+        pred = logits.argmax(1)
+        expected = {"accuracy": skm.accuracy_score(labels, pred),
+                    "f1_macro": skm.f1_score(labels, pred, average="macro"),
+                    "auroc": skm.roc_auc_score(labels, _softmax(logits), multi_class="ovr")}
+    got = compute_metrics(logits, torch.from_numpy(labels), task_type)
+    assert got == pytest.approx(expected, rel=1e-6)
+
+
 def test_binary_auroc_for_two_logits_and_for_one(rng):
     labels = rng.integers(0, 2, size=150)
     two = rng.normal(size=(150, 2))

@@ -118,12 +118,6 @@ def test_strip_clears_outputs_and_keeps_tags(tmp_path: Path) -> None:
     assert "widgets" not in out.metadata and "papermill" not in out.metadata
 
 
-@pytest.fixture(scope="session")
-def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One run folder for every notebook of a session: never runs/, and chapters share runs."""
-    return tmp_path_factory.mktemp("notebook_runs") / "runs"
-
-
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
 def test_notebook_runs_at_small_parameters(path: Path, tmp_path: Path, runs_dir: Path) -> None:
