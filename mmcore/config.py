@@ -93,7 +93,7 @@ class MissingConfig:
 
 @dataclass
 class OptimConfig:
-    epochs: int = 6  # from closed-form heads (probe_init), validation is flat by then
+    epochs: int = 2  # from closed-form heads (probe_init): validation is flat after
     batch_size: int = 32
     lr: float = 1e-4  # for prompts and predictors (they start at closed-form fits)
     encoder_lr: float = 1e-4  # for the encoder parameters PEFT leaves trainable

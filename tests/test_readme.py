@@ -23,7 +23,7 @@ NOT_RUN = {
     "make test": "is this test suite",
     "make lab": "starts a JupyterLab server that waits for a browser",
     "python -m mmcore train --config configs/offline.yaml": "the full default training (token "
-                                                            "cache, 6 epochs: minutes); the "
+                                                            "cache, 2 epochs: minutes); the "
                                                             "notebook tests run it small",
     "python scripts/evidence.py": "trains every method x 3 seeds x 2 datasets (about 40 "
                                   "minutes on 2 shared cores); its table is in the README",
