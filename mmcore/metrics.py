@@ -12,10 +12,10 @@ so there is one place that turns scores into decisions:
 Headline metrics follow the protocol: accuracy (Food-101), F1-macro (MM-IMDb), AUROC
 (Hateful Memes). They give scikit-learn's values (tests/test_metrics.py compares them) but
 score every class in one pass: a sweep scores hundreds of missing tables, and scikit-learn's
-per-call input validation used to dominate it. Labels below zero mark unlabelled rows (``mmcore.data.collate.UNLABELLED``);
-scoring them is refused. A class never predicted and never true has F1 zero (scikit-
-learn's ``zero_division=0``); AUROC skips classes where it is undefined (no positives or
-no negatives) and is NaN when no class is left.
+per-call input validation would dominate it. Labels below zero mark unlabelled rows
+(``mmcore.data.collate.UNLABELLED``); scoring them is refused. A class never predicted and
+never true has F1 zero (scikit-learn's ``zero_division=0``); AUROC skips classes where it is
+undefined (no positives or no negatives) and is NaN when no class is left.
 """
 from __future__ import annotations
 
@@ -100,7 +100,8 @@ def _f1(logits: ArrayLike, labels: ArrayLike, average: str) -> float:
     hits = (decided & truth).sum(axis=0)
     claimed = decided.sum(axis=0) + truth.sum(axis=0)  # predicted + true, per class
     if average == "micro":
-        return float(2 * hits.sum() / claimed.sum()) if claimed.sum() else 0.0
+        total = claimed.sum()
+        return float(2 * hits.sum() / total) if total else 0.0
     per_class = np.divide(2 * hits, claimed, out=np.zeros(len(hits)), where=claimed > 0)
     return float(per_class.mean())
 
@@ -129,7 +130,7 @@ def auroc(logits: ArrayLike, labels: ArrayLike) -> float:
         scores, targets = _softmax(scores)[:, 1:], targets.reshape(-1, 1)
     elif not multilabel:
         scores = _softmax(scores)
-        targets = targets[:, None] == np.arange(scores.shape[1])[None, :]
+        targets = _one_hot(targets, scores.shape[1])
     positives = targets.sum(axis=0)
     defined = np.flatnonzero((positives > 0) & (positives < len(targets)))
     if len(defined) < scores.shape[1]:

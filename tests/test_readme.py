@@ -25,8 +25,9 @@ NOT_RUN = {
     "python -m mmcore train --config configs/offline.yaml": "the full default training (token "
                                                             "cache, 2 epochs: minutes); the "
                                                             "notebook tests run it small",
-    "python scripts/evidence.py": "trains every method x 3 seeds x 2 datasets (about 40 "
-                                  "minutes on 2 shared cores); its table is in the README",
+    "python scripts/evidence.py": "trains every method x 3 seeds x 2 datasets x 2 settings "
+                                  "(about two hours on 2 shared cores); its table is in the "
+                                  "README",
     "python -m mmcore train --config configs/mmimdb.yaml": "needs a GPU and MM-IMDb in /data",
     "python -m mmcore train --config configs/food101.yaml": "needs a GPU, Food-101 in /data "
                                                             "and the paper's weights in /weights",
