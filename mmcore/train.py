@@ -44,6 +44,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from mmcore.choice_lists import ConfigError
 from mmcore.config import Config, OptimConfig
 from mmcore.evaluation import evaluate
 from mmcore.metrics import metric_for
@@ -91,15 +92,39 @@ def param_groups(model: nn.Module, optim: OptimConfig) -> list[dict[str, Any]]:
     rates = {"encoder": optim.encoder_lr, "heads": optim.head_lr, "rest": optim.lr}
     groups: dict[tuple[str, bool], list[nn.Parameter]] = {
         (part, decay): [] for part in rates for decay in (True, False)}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            top = name.split(".", 1)[0]
-            part = ("encoder" if top.endswith("encoder") and id(p) not in prompts
-                    else "heads" if top == "heads" else "rest")
-            groups[part, p.ndim >= 2 and id(p) not in prompts].append(p)
+    for part, p in _trainable_parts(model):
+        groups[part, p.ndim >= 2 and id(p) not in prompts].append(p)
     return [{"name": f"{part}_{'decay' if decay else 'no_decay'}", "params": ps,
              "lr": rates[part], "weight_decay": optim.weight_decay if decay else 0.0}
             for (part, decay), ps in groups.items() if ps]
+
+
+def _trainable_parts(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """Each trainable parameter with its part: "encoder" (what PEFT trains, prompts aside),
+    "heads" (top-level ``heads``) or "rest" (prompts, predictors)."""
+    prompts = {id(p) for p in prompt_parameters(model)}
+    parts = []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            top = name.split(".", 1)[0]
+            parts.append(("encoder" if top.endswith("encoder") and id(p) not in prompts
+                          else "heads" if top == "heads" else "rest", p))
+    return parts
+
+
+def backward(out: Any, window: int, align_inputs: list[nn.Parameter] | None = None) -> None:
+    """Back-propagate ``out.loss / window``; with ``align_inputs``, route the alignment to them.
+
+    Routing (``loss.align_reaches_encoder=False``) takes two passes: the task loss to every
+    parameter, then ``alpha * alignment`` to ``align_inputs`` (prompts and predictors) only,
+    so the encoder weights PEFT trains learn from the task alone. Without it, the alignment
+    also reaches them through the prompts, which read the encoder's tokens with its weights.
+    """
+    if align_inputs is None or not out.alignment.requires_grad:
+        (out.loss / window).backward()
+        return
+    (out.task / window).backward(retain_graph=True)
+    (out.alignment / window).backward(inputs=align_inputs)
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -127,6 +152,7 @@ class _Trainer:
     device: torch.device
     run_dir: Path
     stop: StopSignals
+    align_inputs: list[nn.Parameter] | None  # where the alignment's gradient may go (None: all)
 
     def save_last(self, state: Progress) -> None:  # a collective: every rank takes part
         save_last(self.run_dir, self.model, self.optimizer, self.scheduler, state, self.cfg,
@@ -151,7 +177,7 @@ class _Trainer:
                 with self.net.no_sync() if ddp and not steps_now else contextlib.nullcontext():
                     with precision_context(self.device, self.cfg.run.precision):
                         out = self.net(batch.to(self.device))
-                    (out.loss / window).backward()  # the mean over the window's micro-batches
+                    backward(out, window, self.align_inputs)  # the window's mean
                 for key, value in {"loss": float(out.loss.detach()), **out.terms,
                                    "batches": 1, "samples": len(batch)}.items():
                     sums[key] = sums.get(key, 0.0) + value
@@ -241,6 +267,7 @@ def fit(
     if val_loader is not None and evaluate_fn is None and task_type is None:
         raise ValueError("fit cannot tell the task type: give the model or the validation "
                          "dataset a task_type attribute, or pass evaluate_fn")
+    align_inputs = _align_inputs(model, cfg, info)  # refused before the run folder is made
     seed_everything(cfg.run.seed + info.rank)
     model.to(device)
     optim = cfg.optim
@@ -272,9 +299,19 @@ def fit(
 
     with StopSignals(info, device) as stop:
         trainer = _Trainer(model, wrap_ddp(model, device, info), optimizer, scheduler, cfg,
-                           info, device, run_dir, stop)
+                           info, device, run_dir, stop, align_inputs)
         _run_epochs(trainer, train_loader, state, validate)
     return finish_run(model, run_dir, state, cfg, info)
+
+
+def _align_inputs(model: nn.Module, cfg: Config, info: DistInfo) -> list[nn.Parameter] | None:
+    """The parameters the alignment may train under ``loss.align_reaches_encoder=False``."""
+    if cfg.loss.align_reaches_encoder:
+        return None
+    if info.world_size > 1:  # DDP reduces each gradient once per backward pass, not twice
+        raise ConfigError("loss.align_reaches_encoder=False takes two backward passes a step, "
+                          "which DistributedDataParallel does not support; train in one process")
+    return [p for part, p in _trainable_parts(model) if part == "rest"]
 
 
 def _run_epochs(trainer: _Trainer, train_loader: DataLoader, state: Progress,

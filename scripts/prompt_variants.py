@@ -67,8 +67,8 @@ def prompt_geometry(exp) -> dict[str, float]:
 def one_variant(args: argparse.Namespace, init: str, pool: str, seed: int) -> dict:
     out = args.out_dir / f"{init}-{pool}" / f"seed{seed}"
     cfg = method_config(Config.from_params(seed=seed, prompt_init=init, prompt_pool=pool,
-                                           epochs=args.epochs, progress=False,
-                                           out_dir=str(out)), "ours")
+                                           epochs=args.epochs, limit_samples=args.limit_samples,
+                                           progress=False, out_dir=str(out)), "ours")
     tic = time.perf_counter()
     exp = run(cfg, rates=(0.0, RATE), types=TYPES, seeds=(0, 1, 2), fills=(None,))
     seconds = time.perf_counter() - tic
@@ -109,16 +109,17 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds")
     p.add_argument("--inits", nargs="+", default=list(INITS), choices=INITS)
     p.add_argument("--pools", nargs="+", default=list(POOLS), choices=POOLS)
     p.add_argument("--epochs", type=int, default=Config().optim.epochs)
+    p.add_argument("--limit-samples", type=int, default=0, help="per split (0: all; for tests)")
     p.add_argument("--out-dir", type=Path, default=Path("runs/prompt_variants"))
     p.add_argument("--results", type=Path, default=Path("results/prompt_variants"))
-    args = p.parse_args()
+    args = p.parse_args(argv)
     saved = args.results.with_suffix(".json")
     rows = json.loads(saved.read_text())["rows"] if saved.exists() else []
     for seed in args.seeds:

@@ -2,10 +2,11 @@
 (That the whole prompt-only pass equals the full forward: tests/test_prompt_cache.py.)"""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn as nn
 
-from mmcore.cached_forward import TokenCache, prompt_mask, recording_keys_values
+from mmcore.cached_forward import PromptAttention, TokenCache, prompt_mask, recording_keys_values
 from mmcore.prompts import read_only_mask
 
 
@@ -15,6 +16,13 @@ def test_prompt_mask_is_the_prompt_rows_of_the_read_only_mask():
     mask = prompt_mask(padding, 2, True)
     assert mask.shape == (2, 1, 2, 5) and torch.equal(mask, full[:, :, 3:])
     assert not mask[0, 0, :, 2].any()  # a padded original is never attended
+
+
+def test_prompt_mask_is_none_only_when_it_would_hide_nothing():
+    full = torch.ones(2, 3, dtype=torch.bool)  # no padding: an image batch
+    assert prompt_mask(full, 2, True) is None
+    apart = prompt_mask(full, 2, False)  # each prompt still must not see the other
+    assert apart is not None and not apart[0, 0, 0, 4] and apart[0, 0, 0, 3]
 
 
 def test_select_keeps_rows_and_trims_to_the_longest_real_sequence():
@@ -37,3 +45,42 @@ def test_recording_keeps_the_original_tokens_and_removes_its_hooks():
     assert torch.equal(keys, out[:, :3, :4]) and torch.equal(values, out[:, :3, 4:])
     layer(x)
     assert len(recorded) == 1 and not layer._forward_hooks
+
+
+def _reference_attention(q, k, v, cached_k, cached_v, mask, scale):
+    keys, values = torch.cat([cached_k, k], 2), torch.cat([cached_v, v], 2)
+    scores = (q @ keys.transpose(-2, -1)) * scale
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(-1) @ values
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_prompt_attention_matches_autograd_and_leaves_the_cache_alone(masked):
+    g = torch.Generator().manual_seed(0)
+    b, h, n, length, dh = 2, 3, 4, 5, 8
+    q, k, v = (torch.randn(b, h, n, dh, generator=g, dtype=torch.float64, requires_grad=True)
+               for _ in range(3))
+    cached_k, cached_v = (torch.randn(b, h, length, dh, generator=g, dtype=torch.float64)
+                          for _ in range(2))
+    padding = torch.ones(b, length, dtype=torch.bool)
+    padding[0, 3:] = False
+    mask = prompt_mask(padding, n, True) if masked else None
+    args = (cached_k, cached_v, mask, 0.3)
+    out = PromptAttention.apply(q, k, v, *args, 0.0)
+    torch.testing.assert_close(out, _reference_attention(q, k, v, *args))
+    assert torch.autograd.gradcheck(lambda *t: PromptAttention.apply(*t, *args, 0.0), (q, k, v))
+
+
+def test_prompt_attention_dropout_backpropagates_through_its_mask():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 3, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    cached = torch.randn(2, 2, 5, 4, dtype=torch.float64)
+
+    def dropped(*qkv: torch.Tensor) -> torch.Tensor:  # gradcheck reruns it: one dropout mask
+        torch.manual_seed(1)
+        return PromptAttention.apply(*qkv, cached, cached, None, 0.5, 0.5)
+
+    whole = PromptAttention.apply(q, k, v, cached, cached, None, 0.5, 0.0)
+    assert not torch.allclose(dropped(q, k, v), whole)
+    assert torch.autograd.gradcheck(dropped, (q, k, v))

@@ -29,6 +29,7 @@ def test_from_params_routes_flat_names_to_their_sections():
         ({"prompt_length": 0}, "model.prompt_length=0 is out of range"),
         ({"pretrained": 1}, "expected bool"),
         ({"task": "genres"}, "valid: auto, category, keywords"),
+        ({"align_reaches_encoder": False}, "model.peft='frozen' trains none"),
     ],
 )
 def test_bad_values_are_rejected_with_the_key_named(params, needle):

@@ -28,6 +28,8 @@ NOT_RUN = {
     "python scripts/evidence.py": "trains every method x 3 seeds x 2 datasets x 2 settings "
                                   "(about two hours on 2 shared cores); its table is in the "
                                   "README",
+    "python scripts/prompt_variants.py": "trains 18 models (about 20 minutes on 2 shared cores); "
+                                         "tests/test_prompt_variants.py runs one small variant",
     "python -m mmcore train --config configs/mmimdb.yaml": "needs a GPU and MM-IMDb in /data",
     "python -m mmcore train --config configs/food101.yaml": "needs a GPU, Food-101 in /data "
                                                             "and the paper's weights in /weights",

@@ -23,10 +23,12 @@ from mmcore.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from mmcore.config import Config
+from mmcore.choice_lists import ConfigError
+from mmcore.config import Config, LossConfig
 from mmcore.metrics import compute_metrics
 from mmcore.evaluation import evaluate
-from mmcore.runtime import build_loader, seed_everything
+from mmcore.runtime import DistInfo, build_loader, seed_everything
+from mmcore.train import _align_inputs, backward
 from mmcore.train import fit, load_or_train, lr_factor, param_groups
 
 TIMING = ("time_s", "samples_per_s")  # the only fields that may differ between equal runs
@@ -318,3 +320,38 @@ def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path, monkeypatch)
     with pytest.raises(OSError):
         atomic_write(path, b"new")
     assert path.read_bytes() == b"old"
+
+
+def _gradients(route: bool, task_only: bool = False) -> dict[str, torch.Tensor]:
+    from test_model import make_batch, make_model
+
+    model = make_model(seed=3, loss_cfg=LossConfig(alignment="mse", alpha=1.0))
+    out = model(make_batch([True] * 6, [True] * 6))
+    if task_only:
+        out.task.backward()
+    else:
+        align_inputs = [model.image_encoder.prompt, model.text_encoder.prompt,
+                        *model.predictors.parameters()]
+        backward(out, 1, align_inputs if route else None)
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_routed_backward_keeps_the_alignment_off_the_encoder_weights():
+    full, routed, task = _gradients(False), _gradients(True), _gradients(False, task_only=True)
+    bias = "text_encoder.bias"  # reaches the alignment through the text prompts (the source)
+    assert not torch.allclose(full[bias], task[bias])
+    torch.testing.assert_close(routed[bias], task[bias])
+    for name in ("text_encoder.prompt", "image_encoder.prompt", "predictors.text_to_image"):
+        names = [n for n in full if n.startswith(name)]
+        assert names and all(torch.allclose(routed[n], full[n]) for n in names), name
+
+
+def test_routing_needs_one_process_and_trainable_encoder_weights():
+    model = ToyModel()
+    cfg = Config.from_params(peft="bitfit", align_reaches_encoder=False)
+    inputs = {id(p) for p in _align_inputs(model, cfg, DistInfo())}
+    prompts = {id(p) for p in model.image_encoder.prompts.parameters()}
+    assert prompts <= inputs and id(model.image_encoder.proj.bias) not in inputs
+    assert _align_inputs(model, Config(), DistInfo()) is None  # the default: no routing
+    with pytest.raises(ConfigError, match="DistributedDataParallel"):
+        _align_inputs(model, cfg, DistInfo(world_size=2))
