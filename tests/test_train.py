@@ -28,8 +28,7 @@ from mmcore.config import Config, LossConfig
 from mmcore.metrics import compute_metrics
 from mmcore.evaluation import evaluate
 from mmcore.runtime import DistInfo, build_loader, seed_everything
-from mmcore.train import _align_inputs, backward
-from mmcore.train import fit, load_or_train, lr_factor, param_groups
+from mmcore.train import _align_inputs, backward, fit, load_or_train, lr_factor, param_groups
 
 TIMING = ("time_s", "samples_per_s")  # the only fields that may differ between equal runs
 
