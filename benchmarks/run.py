@@ -281,7 +281,7 @@ def cache_section(base: Config, num_classes: int, image_size: int, args: argpars
     steps["cached"] = lambda: runners["frozen"].train_step(cached_batch)
     t = interleaved(steps, repeats=args.steps, warmup=args.warmup)
     n = len(batch)
-    tokens = cache.image.keys.shape[2]
+    tokens = cache.image.keys.shape[3]
     k = cfg.model.prompt_length
     return {"image_size": image_size, "batch_size": n,
             **{f"{name}_sps": n / t[name] for name in ("bitfit", "frozen", "cached")},

@@ -32,21 +32,36 @@ class TokenCache:
     No original token attends to a prompt, so with frozen weights these never depend on
     the prompts: cached once per sample, they let ``forward_cached`` run only the K prompt
     tokens through the layers and still give exactly the outputs of the full forward.
+    Keys and values are stored layer-major and split into heads, the layout the prompts'
+    attention reads: a layer's slice of a batch is one contiguous (B, H, L, Dh) block,
+    used in place, where a sample-major (B, layers, L, D) cache cost a copy per layer.
     """
 
-    keys: Tensor  # (B, layers, L, D): each layer's keys of the L original tokens
-    values: Tensor  # (B, layers, L, D)
+    keys: Tensor  # (layers, B, H, L, Dh): each layer's keys of the L original tokens
+    values: Tensor  # (layers, B, H, L, Dh)
     padding: Tensor  # (B, L) bool, True = a real token
     embedding: Tensor  # (B, D) the encoder's embedding (unchanged by prompts)
 
-    def select(self, rows: Tensor) -> "TokenCache":
-        """Rows of the cache, trimmed (a view) to the longest real sequence among them.
+    @classmethod
+    def from_layers(cls, keys: list[Tensor], values: list[Tensor], heads: int, padding: Tensor,
+                    embedding: Tensor) -> "TokenCache":
+        """The cache of per-layer (B, L, D) keys and values, as a layer's projections give them."""
+        def stacked(per_layer: list[Tensor]) -> Tensor:  # -> (layers, B, H, L, Dh)
+            return torch.stack(per_layer).unflatten(-1, (heads, -1)).transpose(2, 3).contiguous()
+        return cls(stacked(keys), stacked(values), padding, embedding)
 
-        ``index_select`` copies whole rows, several times faster than indexing with a slice.
+    def select(self, rows: Tensor) -> "TokenCache":
+        """Rows of the cache, trimmed to the longest real sequence among them.
+
+        ``index_select`` copies whole rows, several times faster than advanced indexing;
+        trimming after it (and copying the trimmed part) keeps every layer's block
+        contiguous, which the batched products read twice as fast as a strided view.
         """
         padding = self.padding[rows]
         length = int(padding.any(0).nonzero().max()) + 1 if padding.any() else 1
-        keys, values = (t.index_select(0, rows)[:, :, :length] for t in (self.keys, self.values))
+        keys, values = (t.index_select(1, rows) for t in (self.keys, self.values))
+        if length < keys.shape[3]:
+            keys, values = (t[:, :, :, :length].contiguous() for t in (keys, values))
         return TokenCache(keys, values, padding[:, :length], self.embedding[rows])
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "TokenCache":
@@ -54,7 +69,7 @@ class TokenCache:
                             for t in (self.keys, self.values, self.padding, self.embedding)))
 
     def __len__(self) -> int:
-        return self.keys.shape[0]
+        return self.keys.shape[1]
 
 
 @contextlib.contextmanager
@@ -92,10 +107,6 @@ def compute_dtype(device: torch.device) -> torch.dtype:
     return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else torch.float32
 
 
-def _at_least_float32(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)
-
-
 class PromptAttention(torch.autograd.Function):
     """softmax(q [Kc; k]^T * scale) [Vc; v] for the prompts' queries, keys and values.
 
@@ -103,7 +114,10 @@ class PromptAttention(torch.autograd.Function):
     SDPA's fused CPU backward costs 10x the rest of the step. Written as a Function because
     autograd would differentiate the concatenated keys and values in full, L + K rows a head,
     only to drop the L cached ones: two of the step's largest products for nothing. Here the
-    backward computes the gradients of q, k and v alone.
+    backward computes the gradients of q, k and v alone, and the cached keys and values are
+    never concatenated with the prompts' (that copy was a fifth of the step): the products
+    with them and with the prompts' are taken apart, and only the small (K, L + K) scores
+    are joined.
 
     Inputs are (B, H, N, Dh): N = K for the prompts' q, k, v, N = L for the cached keys and
     values; ``mask`` is (B, 1, K, L + K) bool or None; returns (B, H, K, Dh).
@@ -112,34 +126,38 @@ class PromptAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, cached_k: Tensor, cached_v: Tensor,
                 mask: Tensor | None, scale: float, dropout: float) -> Tensor:
-        keys = torch.cat([cached_k.to(k.dtype), k], dim=2)  # (B, H, L + K, Dh)
-        values = torch.cat([cached_v.to(v.dtype), v], dim=2)
-        # the softmax in float32 at least (bf16 scores under autocast)
-        scores = ((q @ keys.transpose(-2, -1)) * scale).to(_at_least_float32(q.dtype))
+        cached_k, cached_v = cached_k.to(k.dtype), cached_v.to(v.dtype)
+        q = q * scale  # scaled before the products, as timm's attention does
+        scores = torch.cat([q @ cached_k.transpose(-2, -1), q @ k.transpose(-2, -1)], dim=-1)
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
-        weights = scores.softmax(-1).to(values.dtype)  # (B, H, K, L + K)
+        # in the scores' dtype: the CPU kernels accumulate bf16 in float32 and round once,
+        # the same numbers as a float32 softmax rounded to bf16, without two conversions
+        weights = scores.softmax(-1)  # (B, H, K, L + K)
         keep = None
         if dropout > 0:  # inverted dropout on the weights, its mask kept for the backward
             keep = torch.empty_like(weights).bernoulli_(1 - dropout).div_(1 - dropout)
-        ctx.save_for_backward(q, keys, values, weights, keep)
+        ctx.save_for_backward(q, k, v, cached_k, cached_v, weights, keep)
         ctx.scale = scale
-        return (weights if keep is None else weights * keep) @ values
+        kept = weights if keep is None else weights * keep
+        length = cached_k.shape[2]
+        return kept[..., :length] @ cached_v + kept[..., length:] @ v
 
     @staticmethod
     def backward(ctx: Any, d_out: Tensor) -> tuple[Tensor | None, ...]:
-        q, keys, values, weights, keep = ctx.saved_tensors
-        n = q.shape[2]  # the prompts: the last n keys and values
-        d_weights = d_out @ values.transpose(-2, -1)  # (B, H, K, L + K)
-        kept = weights
+        q, k, v, cached_k, cached_v, weights, keep = ctx.saved_tensors
+        length = cached_k.shape[2]
+        d_weights = torch.cat([d_out @ cached_v.transpose(-2, -1), d_out @ v.transpose(-2, -1)],
+                              dim=-1)  # (B, H, K, L + K)
+        kept = weights[..., length:]  # the weights of the prompts' values
         if keep is not None:
-            d_weights, kept = d_weights * keep, weights * keep
-        wide = _at_least_float32(weights.dtype)  # the softmax's backward, as its forward
-        w, g = weights.to(wide), d_weights.to(wide)
-        d_scores = (w * (g - (g * w).sum(-1, keepdim=True)) * ctx.scale).to(q.dtype)
-        d_q = d_scores @ keys
-        d_k = d_scores[..., -n:].transpose(-2, -1) @ q
-        d_v = kept[..., -n:].transpose(-2, -1) @ d_out
+            d_weights, kept = d_weights * keep, kept * keep[..., length:]
+        # softmax's own backward kernel (float32 inside): one pass for the formula's six
+        d_scores = torch._softmax_backward_data(d_weights, weights, -1, weights.dtype)
+        d_cached, d_prompts = d_scores[..., :length], d_scores[..., length:]
+        d_q = (d_cached @ cached_k + d_prompts @ k) * ctx.scale
+        d_k = d_prompts.transpose(-2, -1) @ q
+        d_v = kept.transpose(-2, -1) @ d_out
         return d_q, d_k, d_v, None, None, None, None, None
 
 
@@ -148,14 +166,14 @@ def _attend(q: Tensor, cached_k: Tensor, cached_v: Tensor, k: Tensor, v: Tensor,
             scale: float | None = None) -> Tensor:
     """Multi-head attention of the prompts' queries over [cached originals; prompts].
 
-    All inputs are (B, N, D) with N = K for the prompts' projections and N = L for the
-    cached ones; returns the (B, K, D) attention output before the output projection.
+    The prompts' projections are (B, K, D), the cached keys and values (B, H, L, Dh);
+    returns the (B, K, D) attention output before the output projection.
     """
-    def split(t: Tensor) -> Tensor:  # (B, N, D) -> (B, H, N, D / H)
+    def split(t: Tensor) -> Tensor:  # (B, K, D) -> (B, H, K, D / H)
         return t.unflatten(-1, (heads, -1)).transpose(1, 2)
 
     q = split(q)
-    out = PromptAttention.apply(q, split(k), split(v), split(cached_k), split(cached_v), mask,
+    out = PromptAttention.apply(q, split(k), split(v), cached_k, cached_v, mask,
                                 scale or q.shape[-1] ** -0.5, dropout)
     return out.transpose(1, 2).flatten(2)  # (B, K, D)
 
@@ -168,7 +186,7 @@ def vit_block_prompts(block: nn.Module, x: Tensor, cached_k: Tensor, cached_v: T
     heads = attn.num_heads
     q = attn.q_norm(q.unflatten(-1, (heads, -1))).flatten(2)
     k = attn.k_norm(k.unflatten(-1, (heads, -1))).flatten(2)
-    cached_k = attn.k_norm(cached_k.unflatten(-1, (heads, -1)).to(k.dtype)).flatten(2)
+    cached_k = attn.k_norm(cached_k.to(k.dtype))  # (B, H, L, Dh), normed per head as timm's
     out = _attend(q, cached_k, cached_v, k, v, mask, heads,
                   attn.attn_drop.p if attn.training else 0.0)
     x = x + block.drop_path1(block.ls1(attn.proj_drop(attn.proj(attn.norm(out)))))

@@ -95,15 +95,16 @@ class ImageEncoder(nn.Module):
         with recording_keys_values(projections, length) as recorded:
             out = self.forward(pixel_values)
         padding = torch.ones(len(pixel_values), length, dtype=torch.bool, device=out.embedding.device)
-        return out, TokenCache(torch.stack([k for k, _ in recorded], 1),
-                               torch.stack([v for _, v in recorded], 1), padding, out.embedding)
+        return out, TokenCache.from_layers([k for k, _ in recorded], [v for _, v in recorded],
+                                           self.backbone.blocks[0].attn.num_heads, padding,
+                                           out.embedding)
 
     def forward_cached(self, cache: TokenCache) -> EncoderOutput:
         """The prompts alone through every layer, attending to the cached original tokens."""
         x = self.prompts(len(cache)).to(compute_dtype(cache.keys.device))  # (B, K, D)
         mask = prompt_mask(cache.padding, self.prompt_length, self.prompts_see_each_other)
         for i, block in enumerate(self.backbone.blocks):
-            x = vit_block_prompts(block, x, cache.keys[:, i], cache.values[:, i], mask)
+            x = vit_block_prompts(block, x, cache.keys[i], cache.values[i], mask)
         return EncoderOutput(cache.embedding, self.backbone.norm(x))
 
 
@@ -203,16 +204,17 @@ class TextEncoder(nn.Module):
                        for module in (layer.attention.self.key, layer.attention.self.value)]
         with recording_keys_values(projections, input_ids.shape[1]) as recorded:
             out = self.forward(input_ids, attention_mask)
-        keys = torch.stack([k for k, in recorded[0::2]], 1)  # (B, layers, L, D)
-        values = torch.stack([v for v, in recorded[1::2]], 1)
-        return out, TokenCache(keys, values, attention_mask.bool(), out.embedding)
+        return out, TokenCache.from_layers([k for k, in recorded[0::2]],
+                                           [v for v, in recorded[1::2]],
+                                           layers[0].attention.self.num_attention_heads,
+                                           attention_mask.bool(), out.embedding)
 
     def forward_cached(self, cache: TokenCache) -> EncoderOutput:
         """The prompts alone through every layer, attending to the cached original tokens."""
         x = self.prompts(len(cache)).to(compute_dtype(cache.keys.device))  # (B, K, D)
         mask = prompt_mask(cache.padding, self.prompt_length, self.prompts_see_each_other)
         for i, layer in enumerate(self.backbone.encoder.layer):
-            x = bert_layer_prompts(layer, x, cache.keys[:, i], cache.values[:, i], mask)
+            x = bert_layer_prompts(layer, x, cache.keys[i], cache.values[i], mask)
         return EncoderOutput(cache.embedding, x)
 
 

@@ -39,8 +39,10 @@ from mmcore.model import FusionModel
 from mmcore.runtime import precision_context
 from mmcore.weights import cache_dir
 
-FORMAT = 1
-_PARTS = ("keys", "values", "padding", "embedding")
+FORMAT = 2  # 2: keys and values layer-major, split into heads
+_PARTS = {"keys": (1, 3), "values": (1, 3), "padding": (0, 1), "embedding": (0, None)}
+"""A ``TokenCache``'s parts, each with its sample axis and token axis (the one a longer text
+batch widens)."""
 
 
 def uses_token_cache(cfg: Config) -> bool:
@@ -52,7 +54,7 @@ def uses_token_cache(cfg: Config) -> bool:
 class SplitCache:
     """A split's cached tokens per modality, its real availability and its labels."""
 
-    image: TokenCache | None  # (N, ...) rows without an image hold zeros
+    image: TokenCache | None  # N samples; those without an image hold zeros
     text: TokenCache | None
     has_image: Tensor  # (N,) bool
     has_text: Tensor  # (N,) bool
@@ -126,22 +128,24 @@ def build_split_cache(model: FusionModel, loader: DataLoader, device: torch.devi
 
 def _store(parts: dict[str, Tensor], tokens: TokenCache, rows: Tensor, n: int) -> None:
     """Write a batch's tokens at ``rows`` of split-sized tensors (allocated, or widened, here)."""
-    for part in _PARTS:
+    for part, (sample_axis, token_axis) in _PARTS.items():
         value = getattr(tokens, part).cpu()
+        if part == "embedding":
+            value = value.float()
         if part not in parts:
-            parts[part] = value.new_zeros((n, *value.shape[1:]))
+            shape = list(value.shape)
+            shape[sample_axis] = n
+            parts[part] = value.new_zeros(shape)
         full = parts[part]
-        if part != "embedding":  # texts: a longer batch widens the token axis (dim -2 / -1)
-            axis = 1 if part == "padding" else 2
-            if value.shape[axis] > full.shape[axis]:
+        index = [slice(None)] * full.dim()
+        index[sample_axis] = rows
+        if token_axis is not None:  # texts: a longer batch widens the token axis
+            if value.shape[token_axis] > full.shape[token_axis]:
                 grow = list(full.shape)
-                grow[axis] = value.shape[axis] - full.shape[axis]
-                full = parts[part] = torch.cat([full, full.new_zeros(grow)], dim=axis)
-            index = [slice(None)] * full.dim()
-            index[0], index[axis] = rows, slice(0, value.shape[axis])
-            full[tuple(index)] = value
-        else:
-            full[rows] = value.float()
+                grow[token_axis] = value.shape[token_axis] - full.shape[token_axis]
+                full = parts[part] = torch.cat([full, full.new_zeros(grow)], dim=token_axis)
+            index[token_axis] = slice(0, value.shape[token_axis])
+        full[tuple(index)] = value
 
 
 # --- on disk -----------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ def test_image_prompts_from_cache_equal_the_full_forward(see_each_other):
     with torch.no_grad():
         full, cache = encoder.forward_recording(x)
         cached = encoder.forward_cached(cache)
-    assert cache.keys.shape == (4, 2, 17, 32)  # (B, layers, CLS + 16 patches, D)
+    assert cache.keys.shape == (2, 4, 4, 17, 8)  # (layers, B, H, CLS + 16 patches, Dh)
     _close(cached.prompts, full.prompts, 1e-5)
     _close(cached.embedding, full.embedding, 0)
 
@@ -40,7 +40,7 @@ def test_text_prompts_from_cache_equal_the_full_forward_with_padding():
         alone = encoder(ids[1:, :3], mask[1:, :3])
     assert cache.padding.tolist() == mask.bool().tolist()
     _close(cached.prompts, full.prompts, 1e-5)
-    assert cache.select(torch.tensor([1])).keys.shape[2] == 3
+    assert cache.select(torch.tensor([1])).keys.shape[3] == 3
     _close(short.prompts, alone.prompts, 1e-5)
 
 
