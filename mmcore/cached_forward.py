@@ -7,9 +7,11 @@ each layer's keys and values of the original tokens are fixed per sample.
 ``vit_block_prompts`` / ``bert_layer_prompts`` run one timm ``Block`` / HF ``BertLayer`` on
 the K prompt tokens only, with the same arithmetic as the layer's own forward, under the
 prompt rows of ``mmcore.prompts.read_only_mask`` (``prompt_mask``); their attention
-(``PromptAttention``) differentiates only what trains, never the cache. The encoders' own
-``forward_recording`` and ``forward_cached`` (``mmcore.encoders``) put these together;
-``mmcore.prompt_cache`` keeps the caches of a whole split.
+(``PromptAttention``) differentiates only what trains, never the cache, and
+``FrozenWeightCasts`` keeps the bf16 copy of the frozen weights that autocast would remake
+at every call. The encoders' own ``forward_recording`` and ``forward_cached``
+(``mmcore.encoders``) put these together; ``mmcore.prompt_cache`` keeps the caches of a
+whole split.
 """
 from __future__ import annotations
 
@@ -99,6 +101,46 @@ def recording_keys_values(
     finally:
         for handle in handles:
             handle.remove()
+
+
+class FrozenWeightCasts:
+    """One low-precision copy of each frozen linear layer's weight and bias, kept across steps.
+
+    Autocast keeps its casts only of weights that require grad, so a frozen encoder's linear
+    weights are cast to bf16 again at every call: a tenth of a cached training step, for the
+    same numbers each time. While ``applied``, the frozen linear layers hold the copy that
+    autocast would have made; a copy is remade when its weight changes (its version moves).
+    """
+
+    def __init__(self) -> None:
+        self._copies: dict[tuple[int, torch.dtype], tuple[nn.Parameter, int, nn.Parameter]] = {}
+
+    def _copy(self, param: nn.Parameter, dtype: torch.dtype) -> nn.Parameter:
+        key = (id(param), dtype)
+        entry = self._copies.get(key)
+        if entry is None or entry[0] is not param or entry[1] != param._version:
+            entry = (param, param._version,
+                     nn.Parameter(param.detach().to(dtype), requires_grad=False))
+            self._copies[key] = entry
+        return entry[2]
+
+    @contextlib.contextmanager
+    def applied(self, module: nn.Module, dtype: torch.dtype) -> Iterator[None]:
+        """``module``'s frozen linear layers hold ``dtype`` copies; float32 changes nothing."""
+        swapped = []
+        if dtype != torch.float32:
+            for linear in module.modules():
+                if isinstance(linear, nn.Linear):
+                    for name in ("weight", "bias"):
+                        param = getattr(linear, name)
+                        if param is not None and not param.requires_grad:
+                            swapped.append((linear, name, param))
+                            setattr(linear, name, self._copy(param, dtype))
+        try:
+            yield
+        finally:
+            for linear, name, param in swapped:
+                setattr(linear, name, param)
 
 
 def compute_dtype(device: torch.device) -> torch.dtype:
@@ -214,6 +256,7 @@ def prompt_mask(padding: Tensor, num_prompts: int, see_each_other: bool) -> Tens
 
 
 __all__ = [
+    "FrozenWeightCasts",
     "PromptAttention",
     "TokenCache",
     "bert_layer_prompts",

@@ -20,8 +20,9 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from mmcore.cached_forward import (TokenCache, bert_layer_prompts, compute_dtype, prompt_mask,
-                                   recording_keys_values, vit_block_prompts)
+from mmcore.cached_forward import (FrozenWeightCasts, TokenCache, bert_layer_prompts,
+                                   compute_dtype, prompt_mask, recording_keys_values,
+                                   vit_block_prompts)
 from mmcore.choice_lists import TextPooling, check_choice
 from mmcore.config import ModelConfig
 from mmcore.prompts import ReadOnlyPrompts, read_only_mask
@@ -57,6 +58,7 @@ class ImageEncoder(nn.Module):
             raise ValueError(f"ImageEncoder needs global_pool='token', "
                              f"got {backbone.global_pool!r}")
         self.backbone = backbone
+        self.weight_casts = FrozenWeightCasts()  # for forward_cached
         self.prompts_see_each_other = prompts_see_each_other
         self.embed_dim: int = backbone.embed_dim
         cls_input = backbone.cls_token.reshape(-1)  # (D,)
@@ -101,10 +103,12 @@ class ImageEncoder(nn.Module):
 
     def forward_cached(self, cache: TokenCache) -> EncoderOutput:
         """The prompts alone through every layer, attending to the cached original tokens."""
-        x = self.prompts(len(cache)).to(compute_dtype(cache.keys.device))  # (B, K, D)
+        dtype = compute_dtype(cache.keys.device)
+        x = self.prompts(len(cache)).to(dtype)  # (B, K, D)
         mask = prompt_mask(cache.padding, self.prompt_length, self.prompts_see_each_other)
-        for i, block in enumerate(self.backbone.blocks):
-            x = vit_block_prompts(block, x, cache.keys[i], cache.values[i], mask)
+        with self.weight_casts.applied(self.backbone, dtype):
+            for i, block in enumerate(self.backbone.blocks):
+                x = vit_block_prompts(block, x, cache.keys[i], cache.values[i], mask)
         return EncoderOutput(cache.embedding, self.backbone.norm(x))
 
 
@@ -162,6 +166,7 @@ class TextEncoder(nn.Module):
                              f"attn_implementation='sdpa' (got {attn!r})")
         check_choice("text pooling", pooling, TextPooling)
         self.backbone = backbone
+        self.weight_casts = FrozenWeightCasts()  # for forward_cached
         self.pooling = pooling
         self.prompts_see_each_other = prompts_see_each_other
         self.embed_dim: int = backbone.config.hidden_size
@@ -211,10 +216,12 @@ class TextEncoder(nn.Module):
 
     def forward_cached(self, cache: TokenCache) -> EncoderOutput:
         """The prompts alone through every layer, attending to the cached original tokens."""
-        x = self.prompts(len(cache)).to(compute_dtype(cache.keys.device))  # (B, K, D)
+        dtype = compute_dtype(cache.keys.device)
+        x = self.prompts(len(cache)).to(dtype)  # (B, K, D)
         mask = prompt_mask(cache.padding, self.prompt_length, self.prompts_see_each_other)
-        for i, layer in enumerate(self.backbone.encoder.layer):
-            x = bert_layer_prompts(layer, x, cache.keys[i], cache.values[i], mask)
+        with self.weight_casts.applied(self.backbone, dtype):
+            for i, layer in enumerate(self.backbone.encoder.layer):
+                x = bert_layer_prompts(layer, x, cache.keys[i], cache.values[i], mask)
         return EncoderOutput(cache.embedding, x)
 
 

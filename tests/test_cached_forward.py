@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from mmcore.cached_forward import PromptAttention, TokenCache, prompt_mask, recording_keys_values
+from mmcore.cached_forward import (FrozenWeightCasts, PromptAttention, TokenCache, prompt_mask,
+                                   recording_keys_values)
 from mmcore.prompts import read_only_mask
 
 
@@ -93,3 +94,24 @@ def test_prompt_attention_dropout_backpropagates_through_its_mask():
     whole = PromptAttention.apply(q, k, v, cached, cached, None, 0.5, 0.0)
     assert not torch.allclose(dropped(q, k, v), whole)
     assert torch.autograd.gradcheck(dropped, (q, k, v))
+
+
+def test_frozen_weight_casts_hold_what_autocast_computes_and_restore_the_layers():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 4))
+    net[0].requires_grad_(False)  # frozen; net[2] trains
+    frozen, trained = net[0].weight, net[2].weight
+    casts, x = FrozenWeightCasts(), torch.randn(3, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = net(x)
+        with casts.applied(net, torch.bfloat16):
+            assert net[0].weight.dtype == torch.bfloat16 and net[2].weight is trained
+            got = net(x)
+    assert torch.equal(got, expected)  # the copy is exactly autocast's cast
+    assert net[0].weight is frozen and net[0].weight.dtype == torch.float32
+    with torch.no_grad():
+        frozen.add_(1.0)  # a changed weight: its copy is remade
+    with casts.applied(net, torch.bfloat16):
+        assert torch.equal(net[0].weight, frozen.bfloat16())
+    with casts.applied(net, torch.float32):  # full precision: nothing to hold
+        assert net[0].weight is frozen
