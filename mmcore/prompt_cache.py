@@ -12,7 +12,8 @@ get no augmentation, since an augmented view would need its own cache. The cache
 saved under ``$MMCORE_CACHE/tokens/<key>``, where the key hashes everything the
 original tokens depend on (weights, image size, text length, dataset, split, the
 samples' ids and precision), so a stale cache is never read; a cache larger than
-``run.cache_memory_gb`` stays memory-mapped on disk instead of being loaded.
+``run.cache_memory_gb`` stays memory-mapped on disk instead of being loaded. A
+``data.limit_samples`` subset is cut from its whole split's cache when that one is on disk.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from tqdm.auto import tqdm
 from mmcore.cached_forward import TokenCache
 from mmcore.checkpoint import write_json
 from mmcore.config import Config
+from mmcore.data import load_dataset
 from mmcore.data.base import Batch, MultimodalDataset
 from mmcore.missing import MissingTable
 from mmcore.model import FusionModel
@@ -67,6 +69,12 @@ class SplitCache:
     def nbytes(self) -> int:
         return sum(getattr(c, part).nbytes for c in (self.image, self.text) if c is not None
                    for part in _PARTS)
+
+    def select(self, rows: Tensor) -> "SplitCache":
+        """The cache of the samples at ``rows``, in that order."""
+        image, text = (None if c is None else c.select(rows) for c in (self.image, self.text))
+        return SplitCache(image, text, self.has_image[rows], self.has_text[rows],
+                          self.labels[rows], self.split)
 
 
 def cache_key(cfg: Config, dataset: MultimodalDataset) -> str:
@@ -216,11 +224,30 @@ def load_or_build_split_cache(model: FusionModel, cfg: Config, dataset: Multimod
     folder = cache_dir() / "tokens" / cache_key(cfg, dataset)
     if cfg.model.pretrained and (cached := load_split_cache(folder, budget)) is not None:
         return cached
-    cache = build_split_cache(model, loader, device, cfg.run.precision, cfg.run.progress)
+    cache = _rows_of_whole_split(cfg, dataset) if cfg.model.pretrained else None
+    if cache is None:
+        cache = build_split_cache(model, loader, device, cfg.run.precision, cfg.run.progress)
     if cfg.model.pretrained:
         save_split_cache(cache, folder)
         return load_split_cache(folder, budget)  # memory-mapped when over the budget
     return cache
+
+
+def _rows_of_whole_split(cfg: Config, dataset: MultimodalDataset) -> SplitCache | None:
+    """A ``limit_samples`` subset's cache taken from its whole split's cache, if that is on
+    disk (a book chapter's small ablation runs reuse what an earlier chapter encoded); else None.
+
+    The whole split is read memory-mapped, so only the subset's rows are read.
+    """
+    if not cfg.data.limit_samples:
+        return None
+    whole_cfg = cfg.replace(limit_samples=0)
+    whole = load_dataset(whole_cfg.data, dataset.split)
+    cached = load_split_cache(cache_dir() / "tokens" / cache_key(whole_cfg, whole), 0)
+    if cached is None:
+        return None
+    position = {sample.id: row for row, sample in enumerate(whole.samples)}
+    return cached.select(torch.tensor([position[sample.id] for sample in dataset.samples]))
 
 
 # --- batches from the cache --------------------------------------------------------------------
