@@ -109,18 +109,19 @@ class FrozenWeightCasts:
     Autocast keeps its casts only of weights that require grad, so a frozen encoder's linear
     weights are cast to bf16 again at every call: a tenth of a cached training step, for the
     same numbers each time. While ``applied``, the frozen linear layers hold the copy that
-    autocast would have made; a copy is remade when its weight changes (its version moves).
+    autocast would have made; a copy is remade when its weight changes, in place (its version
+    moves) or by a new storage (``module.to(device)``).
     """
 
     def __init__(self) -> None:
-        self._copies: dict[tuple[int, torch.dtype], tuple[nn.Parameter, int, nn.Parameter]] = {}
+        self._copies: dict[tuple[int, torch.dtype], tuple[nn.Parameter, tuple[int, int],
+                                                          nn.Parameter]] = {}
 
     def _copy(self, param: nn.Parameter, dtype: torch.dtype) -> nn.Parameter:
-        key = (id(param), dtype)
+        key, state = (id(param), dtype), (param._version, param.data_ptr())
         entry = self._copies.get(key)
-        if entry is None or entry[0] is not param or entry[1] != param._version:
-            entry = (param, param._version,
-                     nn.Parameter(param.detach().to(dtype), requires_grad=False))
+        if entry is None or entry[0] is not param or entry[1] != state:
+            entry = (param, state, nn.Parameter(param.detach().to(dtype), requires_grad=False))
             self._copies[key] = entry
         return entry[2]
 

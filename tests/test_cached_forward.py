@@ -113,5 +113,8 @@ def test_frozen_weight_casts_hold_what_autocast_computes_and_restore_the_layers(
         frozen.add_(1.0)  # a changed weight: its copy is remade
     with casts.applied(net, torch.bfloat16):
         assert torch.equal(net[0].weight, frozen.bfloat16())
+    frozen.data = torch.zeros_like(frozen)  # new storage, as module.to(device) gives
+    with casts.applied(net, torch.bfloat16):
+        assert not net[0].weight.any()
     with casts.applied(net, torch.float32):  # full precision: nothing to hold
         assert net[0].weight is frozen
