@@ -17,6 +17,12 @@ def _close(a: torch.Tensor, b: torch.Tensor, atol: float) -> None:
     torch.testing.assert_close(a.float(), b.float(), atol=atol, rtol=0)
 
 
+def _close_bf16(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Within two bf16 steps at the largest magnitude of ``b``: products summed in another
+    order round differently, by a step of their inputs' scale, not of each result's."""
+    _close(a, b, 2**-6 * float(b.float().abs().max()))
+
+
 @pytest.mark.parametrize("see_each_other", [True, False])
 def test_image_prompts_from_cache_equal_the_full_forward(see_each_other):
     encoder = ImageEncoder(tiny_vit(), prompt_length=3, prompts_see_each_other=see_each_other)
@@ -182,15 +188,14 @@ def test_a_subset_takes_its_rows_from_the_whole_splits_cache(mmcore_cache, monke
     monkeypatch.setattr(prompt_cache, "build_split_cache", never)
     cut = prompt_cache.load_or_build_split_cache(model, small, subset, loader(small, subset), "cpu")
     assert len(cut) == len(subset) == 24
-    for part in ("keys", "values", "padding", "embedding"):  # images: bit for bit
-        assert torch.equal(getattr(cut.image, part), getattr(encoded.image, part)), part
-    # texts were padded to other batches' lengths: padded positions are never read, and the
-    # real tokens' projections may differ in the last bit with the product's shape
-    # (seen: 0.031, one bf16 step at magnitudes 4-8; embeddings 0.004)
+    # equal up to bf16 rounding: the products ran on batches of other shapes (seen: one bf16
+    # step at most); texts were also padded to other lengths, and padded positions are never
+    # read, so only the real tokens are compared
     real = cut.text.padding
     assert torch.equal(real, encoded.text.padding)
     for part in ("keys", "values"):
-        got, expected = (getattr(c.text, part).permute(1, 3, 0, 2, 4)[real] for c in (cut, encoded))
-        _close(got, expected, 0.07)
-    _close(cut.text.embedding, encoded.text.embedding, 0.01)
+        _close_bf16(getattr(cut.image, part), getattr(encoded.image, part))
+        _close_bf16(*(getattr(c.text, part).permute(1, 3, 0, 2, 4)[real] for c in (cut, encoded)))
+    for name in ("image", "text"):
+        _close_bf16(getattr(cut, name).embedding, getattr(encoded, name).embedding)
     assert torch.equal(cut.labels, encoded.labels) and torch.equal(cut.has_text, encoded.has_text)
