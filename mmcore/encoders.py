@@ -103,7 +103,7 @@ class ImageEncoder(nn.Module):
 
     def forward_cached(self, cache: TokenCache) -> EncoderOutput:
         """The prompts alone through every layer, attending to the cached original tokens."""
-        dtype = compute_dtype(cache.keys.device)
+        dtype = compute_dtype(cache.embedding.device)
         x = self.prompts(len(cache)).to(dtype)  # (B, K, D)
         mask = prompt_mask(cache.padding, self.prompt_length, self.prompts_see_each_other)
         with self.weight_casts.applied(self.backbone, dtype):
@@ -216,7 +216,7 @@ class TextEncoder(nn.Module):
 
     def forward_cached(self, cache: TokenCache) -> EncoderOutput:
         """The prompts alone through every layer, attending to the cached original tokens."""
-        dtype = compute_dtype(cache.keys.device)
+        dtype = compute_dtype(cache.embedding.device)
         x = self.prompts(len(cache)).to(dtype)  # (B, K, D)
         mask = prompt_mask(cache.padding, self.prompt_length, self.prompts_see_each_other)
         with self.weight_casts.applied(self.backbone, dtype):

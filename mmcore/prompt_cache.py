@@ -42,9 +42,10 @@ from mmcore.runtime import precision_context
 from mmcore.weights import cache_dir
 
 FORMAT = 2  # 2: keys and values layer-major, split into heads
-_PARTS = {"keys": (1, 3), "values": (1, 3), "padding": (0, 1), "embedding": (0, None)}
-"""A ``TokenCache``'s parts, each with its sample axis and token axis (the one a longer text
-batch widens)."""
+_PARTS = {"keys": (0, 2), "values": (0, 2), "padding": (0, 1), "embedding": (0, None)}
+"""A ``TokenCache``'s parts, each with the sample axis and the token axis (the one a longer
+text batch widens) of its tensors (of each layer's, for keys and values). On disk, keys and
+values are one (layers, N, H, L, Dh) array each."""
 
 
 def uses_token_cache(cfg: Config) -> bool:
@@ -67,8 +68,7 @@ class SplitCache:
         return self.has_image.shape[0]
 
     def nbytes(self) -> int:
-        return sum(getattr(c, part).nbytes for c in (self.image, self.text) if c is not None
-                   for part in _PARTS)
+        return sum(c.nbytes() for c in (self.image, self.text) if c is not None)
 
     def select(self, rows: Tensor) -> "SplitCache":
         """The cache of the samples at ``rows``, in that order."""
@@ -104,7 +104,7 @@ def build_split_cache(model: FusionModel, loader: DataLoader, device: torch.devi
     """
     model.eval()
     n = len(loader.dataset)
-    chunks: dict[str, dict[str, Tensor]] = {}
+    chunks: dict[str, dict[str, list[Tensor]]] = {}
     has = {"image": torch.zeros(n, dtype=torch.bool), "text": torch.zeros(n, dtype=torch.bool)}
     labels: Tensor | None = None
     for batch in tqdm(loader, desc=f"cache {loader.dataset.split}", disable=not progress,
@@ -128,32 +128,36 @@ def build_split_cache(model: FusionModel, loader: DataLoader, device: torch.devi
                                                           batch.attention_mask[rows])
             _store(chunks.setdefault(name, {}), tokens, batch.index[rows].cpu(), n)
             has[name][batch.index[rows].cpu()] = True
-    caches = {name: TokenCache(**parts) for name, parts in chunks.items()}
+    caches = {name: TokenCache(tuple(parts["keys"]), tuple(parts["values"]), parts["padding"][0],
+                               parts["embedding"][0]) for name, parts in chunks.items()}
     return SplitCache(caches.get("image"), caches.get("text"), has["image"], has["text"],
                       labels if labels is not None else torch.zeros(n, dtype=torch.long),
                       loader.dataset.split)
 
 
-def _store(parts: dict[str, Tensor], tokens: TokenCache, rows: Tensor, n: int) -> None:
-    """Write a batch's tokens at ``rows`` of split-sized tensors (allocated, or widened, here)."""
+def _store(parts: dict[str, list[Tensor]], tokens: TokenCache, rows: Tensor, n: int) -> None:
+    """Write a batch's tokens at ``rows`` of split-sized tensors (allocated, or widened, here):
+    one per part, one per layer for the keys and values."""
     for part, (sample_axis, token_axis) in _PARTS.items():
-        value = getattr(tokens, part).cpu()
-        if part == "embedding":
-            value = value.float()
-        if part not in parts:
-            shape = list(value.shape)
-            shape[sample_axis] = n
-            parts[part] = value.new_zeros(shape)
-        full = parts[part]
-        index = [slice(None)] * full.dim()
-        index[sample_axis] = rows
-        if token_axis is not None:  # texts: a longer batch widens the token axis
-            if value.shape[token_axis] > full.shape[token_axis]:
-                grow = list(full.shape)
-                grow[token_axis] = value.shape[token_axis] - full.shape[token_axis]
-                full = parts[part] = torch.cat([full, full.new_zeros(grow)], dim=token_axis)
-            index[token_axis] = slice(0, value.shape[token_axis])
-        full[tuple(index)] = value
+        batch_values = getattr(tokens, part)
+        fulls = parts.setdefault(part, [])
+        for i, value in enumerate(batch_values if isinstance(batch_values, tuple)
+                                  else (batch_values,)):
+            value = value.cpu().float() if part == "embedding" else value.cpu()
+            if i == len(fulls):
+                shape = list(value.shape)
+                shape[sample_axis] = n
+                fulls.append(value.new_zeros(shape))
+            index: list[slice | Tensor] = [slice(None)] * value.dim()
+            index[sample_axis] = rows
+            if token_axis is not None:  # texts: a longer batch widens the token axis
+                grow = value.shape[token_axis] - fulls[i].shape[token_axis]
+                if grow > 0:
+                    shape = list(fulls[i].shape)
+                    shape[token_axis] = grow
+                    fulls[i] = torch.cat([fulls[i], fulls[i].new_zeros(shape)], dim=token_axis)
+                index[token_axis] = slice(0, value.shape[token_axis])
+            fulls[i][tuple(index)] = value
 
 
 # --- on disk -----------------------------------------------------------------------------------
@@ -164,20 +168,31 @@ def save_split_cache(cache: SplitCache, folder: Path) -> None:
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    arrays = {"has_image": cache.has_image, "has_text": cache.has_text, "labels": cache.labels}
+    arrays: dict[str, Tensor | tuple[Tensor, ...]] = {
+        "has_image": cache.has_image, "has_text": cache.has_text, "labels": cache.labels}
     for name in ("image", "text"):
         tokens = getattr(cache, name)
         if tokens is not None:
             arrays.update({f"{name}_{part}": getattr(tokens, part) for part in _PARTS})
     dtypes = {}
-    for name, tensor in arrays.items():
-        dtypes[name] = str(tensor.dtype).removeprefix("torch.")
-        if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16: store the bits
-            tensor = tensor.view(torch.int16)
-        np.save(tmp / f"{name}.npy", tensor.numpy())
+    for name, value in arrays.items():
+        layers = value if isinstance(value, tuple) else (value,)
+        dtypes[name] = str(layers[0].dtype).removeprefix("torch.")
+        shape = (len(layers), *layers[0].shape) if isinstance(value, tuple) else value.shape
+        array = np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", shape=tuple(shape),
+                                          dtype=_numpy(layers[0]).dtype)
+        for i, layer in enumerate(layers):  # written layer by layer: never stacked in memory
+            array[i if isinstance(value, tuple) else ...] = _numpy(layer)
+        array.flush()
+        del array
     write_json(tmp / "meta.json", {"format": FORMAT, "split": cache.split, "dtypes": dtypes})
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
+
+
+def _numpy(tensor: Tensor) -> np.ndarray:
+    """The tensor's numbers as numpy holds them: bf16 as its bits (numpy has no bfloat16)."""
+    return (tensor.view(torch.int16) if tensor.dtype == torch.bfloat16 else tensor).numpy()
 
 
 def load_split_cache(folder: Path, memory_budget_bytes: float) -> SplitCache | None:
@@ -207,7 +222,9 @@ def _load_split_cache(folder: Path, memory_budget_bytes: float, stamp: int) -> S
         dtype = meta["dtypes"][name]
         return tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor
 
-    tokens = {name: TokenCache(*(read(f"{name}_{part}") for part in _PARTS))
+    tokens = {name: TokenCache(tuple(read(f"{name}_keys").unbind(0)),
+                               tuple(read(f"{name}_values").unbind(0)),
+                               read(f"{name}_padding"), read(f"{name}_embedding"))
               for name in ("image", "text") if f"{name}_keys" in meta["dtypes"]}
     return SplitCache(tokens.get("image"), tokens.get("text"), read("has_image"),
                       read("has_text"), read("labels"), meta["split"])

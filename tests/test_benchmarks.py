@@ -53,6 +53,11 @@ def test_quick_suite_saves_every_column(tmp_path: Path) -> None:
         kernels = json.loads((tmp_path / f"attention_{preset}.json").read_text())
         assert set(kernels) == {"plain/train", "plain/eval", "fast/train", "fast/eval"}
         assert all(kernels.values())  # every variant ran some SDPA kernel
+    cache = json.loads((tmp_path / "cache.json").read_text())
+    (row,) = cache["rows"]
+    assert cache["columns"] == list(load_script("benchmarks/run.py").CACHE_COLUMNS)
+    assert row["cached_sps"] > 0 and row["cache_bytes_per_sample"] > 0
+    assert row["flop_ratio"] > 1  # the prompts alone cost less than the full forward
 
 
 @pytest.mark.slow

@@ -28,21 +28,25 @@ def test_prompt_mask_is_none_only_when_it_would_hide_nothing():
 
 def test_select_keeps_rows_and_trims_to_the_longest_real_sequence():
     padding = torch.tensor([[True, False, False], [True, True, False], [True, True, True]])
-    cache = TokenCache(torch.randn(2, 3, 2, 3, 4), torch.randn(2, 3, 2, 3, 4), padding,
-                       torch.randn(3, 4))  # (layers, B, H, L, Dh)
+    blocks = [torch.randn(3, 2, 3, 4) for _ in range(4)]  # per layer (B, H, L, Dh)
+    cache = TokenCache(tuple(blocks[:2]), tuple(blocks[2:]), padding, torch.randn(3, 4))
+    part = cache.select(torch.tensor([2, 0]))  # rows 2 and 0 need all three tokens
+    assert len(part) == 2 and torch.equal(part.values[1], blocks[3][[2, 0]])
     part = cache.select(torch.tensor([0, 1]))
-    assert len(part) == 2 and part.keys.shape == (2, 2, 2, 2, 4)
-    assert torch.equal(part.values, cache.values[:, :2, :, :2])
+    assert len(part) == 2 and [k.shape for k in part.keys] == [(2, 2, 2, 4)] * 2
+    assert torch.equal(part.values[1], blocks[3][:2, :, :2])
     assert torch.equal(part.embedding, cache.embedding[:2])
-    assert part.keys.is_contiguous()  # each layer's block is read in place
+    assert all(k.is_contiguous() for k in part.keys + part.values)  # read in place
+    assert part.nbytes() == sum(t.nbytes for t in (*part.keys, *part.values, part.padding,
+                                                   part.embedding))
 
 
-def test_from_layers_splits_heads_layer_major():
+def test_from_layers_splits_heads_one_block_per_layer():
     keys = [torch.randn(3, 5, 8) for _ in range(2)]  # per layer (B, L, D), D = 2 heads x 4
     cache = TokenCache.from_layers(keys, keys, 2, torch.ones(3, 5, dtype=torch.bool),
                                    torch.randn(3, 8))
-    assert cache.keys.shape == (2, 3, 2, 5, 4) and len(cache) == 3
-    assert torch.equal(cache.keys[1, 2, 1], keys[1][2, :, 4:])  # layer 1, sample 2, head 1
+    assert [k.shape for k in cache.keys] == [(3, 2, 5, 4)] * 2 and len(cache) == 3
+    assert torch.equal(cache.keys[1][2, 1], keys[1][2, :, 4:])  # layer 1, sample 2, head 1
 
 
 def test_recording_keeps_the_original_tokens_and_removes_its_hooks():

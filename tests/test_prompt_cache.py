@@ -30,7 +30,7 @@ def test_image_prompts_from_cache_equal_the_full_forward(see_each_other):
     with torch.no_grad():
         full, cache = encoder.forward_recording(x)
         cached = encoder.forward_cached(cache)
-    assert cache.keys.shape == (2, 4, 4, 17, 8)  # (layers, B, H, CLS + 16 patches, Dh)
+    assert [k.shape for k in cache.keys] == [(4, 4, 17, 8)] * 2  # (B, H, CLS + 16, Dh)
     _close(cached.prompts, full.prompts, 1e-5)
     _close(cached.embedding, full.embedding, 0)
 
@@ -46,7 +46,7 @@ def test_text_prompts_from_cache_equal_the_full_forward_with_padding():
         alone = encoder(ids[1:, :3], mask[1:, :3])
     assert cache.padding.tolist() == mask.bool().tolist()
     _close(cached.prompts, full.prompts, 1e-5)
-    assert cache.select(torch.tensor([1])).keys.shape[3] == 3
+    assert cache.select(torch.tensor([1])).keys[0].shape[2] == 3
     _close(short.prompts, alone.prompts, 1e-5)
 
 
@@ -106,12 +106,13 @@ def test_frozen_encoders_stay_in_eval_mode():
 def test_split_cache_round_trips_through_disk_in_memory_and_mapped(tmp_path):
     model = _tiny_model()
     cache, _ = _split_cache(model)
-    cache.image.keys = cache.image.keys.bfloat16()  # bf16 bits must survive numpy
+    cache.image.keys = tuple(k.bfloat16() for k in cache.image.keys)  # bf16 bits survive numpy
     save_split_cache(cache, tmp_path / "c")
     for budget in (1e12, 0):  # fits in memory / memory-mapped
         loaded = load_split_cache(tmp_path / "c", budget)
-        assert loaded.image.keys.dtype == torch.bfloat16
-        assert torch.equal(loaded.image.keys, cache.image.keys)
+        assert loaded.image.keys[0].dtype == torch.bfloat16
+        assert len(loaded.image.keys) == len(cache.image.keys)
+        assert all(map(torch.equal, loaded.image.keys, cache.image.keys))
         assert torch.equal(loaded.text.padding, cache.text.padding)
         assert torch.equal(loaded.labels, cache.labels) and loaded.split == "test"
     assert load_split_cache(tmp_path / "absent", 1e12) is None
@@ -154,7 +155,7 @@ def test_real_encoders_cache_exactly_in_fp32_and_within_bf16_noise(mmcore_cache,
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 full16, cache16 = encoder.forward_recording(*args)
                 cached16 = encoder.forward_cached(cache16)
-        assert cache16.keys.dtype == torch.bfloat16
+        assert cache16.keys[0].dtype == torch.bfloat16
         bf16_noise = (full16.prompts.float() - full32.prompts).abs().max()
         assert (cached16.prompts.float() - full16.prompts.float()).abs().max() <= 3 * bf16_noise
         assert (cached16.prompts.float() - full32.prompts).abs().max() <= 3 * bf16_noise
@@ -193,9 +194,10 @@ def test_a_subset_takes_its_rows_from_the_whole_splits_cache(mmcore_cache, monke
     # read, so only the real tokens are compared
     real = cut.text.padding
     assert torch.equal(real, encoded.text.padding)
-    for part in ("keys", "values"):
-        _close_bf16(getattr(cut.image, part), getattr(encoded.image, part))
-        _close_bf16(*(getattr(c.text, part).permute(1, 3, 0, 2, 4)[real] for c in (cut, encoded)))
+    for part in ("keys", "values"):  # stacked: (layers, B, H, L, Dh)
+        _close_bf16(*(torch.stack(getattr(c.image, part)) for c in (cut, encoded)))
+        _close_bf16(*(torch.stack(getattr(c.text, part)).permute(1, 3, 0, 2, 4)[real]
+                      for c in (cut, encoded)))
     for name in ("image", "text"):
         _close_bf16(getattr(cut, name).embedding, getattr(encoded, name).embedding)
     assert torch.equal(cut.labels, encoded.labels) and torch.equal(cut.has_text, encoded.has_text)
