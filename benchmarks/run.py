@@ -286,7 +286,8 @@ def cache_section(base: Config, num_classes: int, image_size: int, args: argpars
 
     build_s = statistics.median(seconds(lambda: record(batch)) for _ in range(args.steps))
     cache = record(split)
-    collate, order = CachedCollator(cache), torch.Generator().manual_seed(0)
+    collate = CachedCollator(cache, room=cfg.model.prompt_length)
+    order = torch.Generator().manual_seed(0)
 
     def cached_epoch() -> None:
         for rows in torch.randperm(len(cache), generator=order).split(args.batch_size):

@@ -8,10 +8,10 @@ each layer's keys and values of the original tokens are fixed per sample.
 the K prompt tokens only, with the same arithmetic as the layer's own forward, under the
 prompt rows of ``mmcore.prompts.read_only_mask`` (``prompt_mask``); their attention
 (``PromptAttention``) differentiates only what trains, never the cache, and
-``FrozenWeightCasts`` keeps the bf16 copy of the frozen weights that autocast would remake
-at every call. The encoders' own ``forward_recording`` and ``forward_cached``
-(``mmcore.encoders``) put these together; ``mmcore.prompt_cache`` keeps the caches of a
-whole split.
+``FrozenLinears`` keeps the bf16 copy of the frozen weights that autocast would remake at
+every call, prepacked for oneDNN on a CPU (``PackedLinear``). The encoders' own
+``forward_recording`` and ``forward_cached`` (``mmcore.encoders``) put these together;
+``mmcore.prompt_cache`` keeps the caches of a whole split.
 """
 from __future__ import annotations
 
@@ -34,18 +34,21 @@ class TokenCache:
     No original token attends to a prompt, so with frozen weights these never depend on
     the prompts: cached once per sample, they let ``forward_cached`` run only the K prompt
     tokens through the layers and still give exactly the outputs of the full forward.
-    Keys and values are split into heads, one contiguous (B, H, L, Dh) block per layer, the
-    layout the prompts' attention reads in place. One block per layer, not one for all
-    layers: a batch's rows are gathered at every step, and blocks of a layer's size are
-    reused by the C allocator from step to step, where a single (layers, B, ...) block was
-    large enough to be mapped fresh from the system each time (at 224 px its page faults
-    took 92 ms a batch of 32, half a cached training step).
+    Keys and values are split into heads, one contiguous (B, H, L + room, Dh) block per
+    layer, the layout the prompts' attention reads in place. A batch's blocks keep ``room``
+    free rows after the L cached ones: the prompts' own keys and values are written there, so
+    that one product over the block covers all L + K keys without concatenating them.
+    One block per layer, not one for all layers: a batch's rows are gathered at every step,
+    and blocks of a layer's size are reused by the C allocator from step to step, where a
+    single (layers, B, ...) block was large enough to be mapped fresh from the system each
+    time (at 224 px its page faults took 92 ms a batch of 32, half a cached training step).
     """
 
-    keys: tuple[Tensor, ...]  # per layer (B, H, L, Dh): the keys of the L original tokens
-    values: tuple[Tensor, ...]  # per layer (B, H, L, Dh)
+    keys: tuple[Tensor, ...]  # per layer (B, H, L + room, Dh): the L original tokens' keys
+    values: tuple[Tensor, ...]  # per layer (B, H, L + room, Dh)
     padding: Tensor  # (B, L) bool, True = a real token
     embedding: Tensor  # (B, D) the encoder's embedding (unchanged by prompts)
+    room: int = 0  # free rows after the L cached ones in every block
 
     @classmethod
     def from_layers(cls, keys: list[Tensor], values: list[Tensor], heads: int, padding: Tensor,
@@ -56,24 +59,42 @@ class TokenCache:
                          for t in per_layer)
         return cls(split(keys), split(values), padding, embedding)
 
-    def select(self, rows: Tensor) -> "TokenCache":
-        """Rows of the cache, trimmed to the longest real sequence among them.
+    def select(self, rows: Tensor, room: int = 0) -> "TokenCache":
+        """Rows of the cache, trimmed to the longest real sequence among them, with ``room``
+        free rows after it in every block (for ``forward_cached`` with K <= room prompts).
 
         ``index_select`` copies whole rows, several times faster than advanced indexing;
-        taken from the trimmed view, it leaves every layer's block contiguous, which the
-        batched products read twice as fast as a strided view.
+        written into the leading rows of a fresh block, it leaves every layer's block
+        contiguous, which the batched products read twice as fast as a strided view.
         """
         padding = self.padding[rows]
         length = int(padding.any(0).nonzero().max()) + 1 if padding.any() else 1
-        keys, values = (tuple(t[:, :, :length].index_select(0, rows) for t in blocks)
-                        for blocks in (self.keys, self.values))
-        return TokenCache(keys, values, padding[:, :length], self.embedding[rows])
+
+        def gathered(block: Tensor) -> Tensor:
+            batch, heads, _, dim = block.shape
+            out = block.new_empty(len(rows), heads, length + room, dim)
+            torch.index_select(block[:, :, :length], 0, rows, out=out[:, :, :length])
+            return out
+
+        return TokenCache(tuple(map(gathered, self.keys)), tuple(map(gathered, self.values)),
+                          padding[:, :length], self.embedding[rows], room)
+
+    def with_room(self, room: int) -> "TokenCache":
+        """This cache with exactly ``room`` free rows: itself, a view of fewer, or a copy."""
+        if self.room == room:
+            return self
+        if self.room > room:
+            end = self.padding.shape[1] + room
+            return TokenCache(tuple(t[:, :, :end] for t in self.keys),
+                              tuple(t[:, :, :end] for t in self.values), self.padding,
+                              self.embedding, room)
+        return self.select(torch.arange(len(self), device=self.padding.device), room)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "TokenCache":
         def moved(t: Tensor) -> Tensor:
             return t.to(device, non_blocking=non_blocking)
         return TokenCache(tuple(map(moved, self.keys)), tuple(map(moved, self.values)),
-                          moved(self.padding), moved(self.embedding))
+                          moved(self.padding), moved(self.embedding), self.room)
 
     def nbytes(self) -> int:
         return (sum(t.nbytes for t in self.keys + self.values) + self.padding.nbytes
@@ -112,45 +133,101 @@ def recording_keys_values(
             handle.remove()
 
 
-class FrozenWeightCasts:
-    """One low-precision copy of each frozen linear layer's weight and bias, kept across steps.
+def packs_linears(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether frozen linear layers run prepacked here: bf16 on a CPU oneDNN computes in."""
+    return (device.type == "cpu" and dtype == torch.bfloat16
+            and torch.backends.mkldnn.is_available()
+            and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+class PackedLinear(torch.autograd.Function):
+    """x W^T + b for a frozen W held in oneDNN's own blocked layout, and dx = dy W likewise.
+
+    A plain bf16 ``F.linear`` reorders its weight into that layout at every call; with the
+    small products of the prompts alone (K rows a sample) that reorder is a large part of
+    each product. Prepacked once, a cached step's linear products at 224 px took 33 ms
+    against 41 (39 against 42 with this Function's own overhead) on the AMX host measured.
+    The weight is frozen: only the input's gradient is computed, from a prepacked W^T.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, packed: Tensor, packed_t: Tensor,
+                bias: Tensor | None) -> Tensor:
+        ctx.packed_t = packed_t
+        return torch.ops.mkldnn._linear_pointwise(x.to(packed.dtype), packed, bias, "none",
+                                                  [], "")
+
+    @staticmethod
+    def backward(ctx: Any, d_out: Tensor) -> tuple[Tensor | None, ...]:
+        d_x = torch.ops.mkldnn._linear_pointwise(d_out.contiguous(), ctx.packed_t, None,
+                                                 "none", [], "")
+        return d_x, None, None, None
+
+
+def _run_packed(copies: tuple[Tensor, ...], x: Tensor) -> Tensor:
+    return PackedLinear.apply(x, *copies)
+
+
+class FrozenLinears:
+    """Low-precision copies of the frozen linear layers, kept across steps.
 
     Autocast keeps its casts only of weights that require grad, so a frozen encoder's linear
     weights are cast to bf16 again at every call: a tenth of a cached training step, for the
-    same numbers each time. While ``applied``, the frozen linear layers hold the copy that
-    autocast would have made; a copy is remade when its weight changes, in place (its version
-    moves) or by a new storage (``module.to(device)``).
+    same numbers each time. While ``applied``, each linear layer whose weight and bias are
+    frozen runs on the copy autocast would have made; on a CPU in bf16 that copy is also
+    prepacked for oneDNN (``PackedLinear``). A copy is remade when its weight changes, in
+    place (its version moves) or by a new storage (``module.to(device)``).
     """
 
     def __init__(self) -> None:
-        self._copies: dict[tuple[int, torch.dtype], tuple[nn.Parameter, tuple[int, int],
-                                                          nn.Parameter]] = {}
+        self._copies: dict[tuple[int, torch.dtype, bool], tuple[tuple, tuple[Tensor, ...]]] = {}
 
-    def _copy(self, param: nn.Parameter, dtype: torch.dtype) -> nn.Parameter:
-        key, state = (id(param), dtype), (param._version, param.data_ptr())
+    def _copy(self, linear: nn.Linear, dtype: torch.dtype, packed: bool) -> tuple[Tensor, ...]:
+        params = (linear.weight, linear.bias)
+        key = (id(linear), dtype, packed)
+        state = tuple((p, p._version, p.data_ptr()) for p in params if p is not None)
         entry = self._copies.get(key)
-        if entry is None or entry[0] is not param or entry[1] != state:
-            entry = (param, state, nn.Parameter(param.detach().to(dtype), requires_grad=False))
+        if entry is None or any(a[0] is not b[0] or a[1:] != b[1:]
+                                for a, b in zip(entry[0], state)):
+            weight = linear.weight.detach().to(dtype)
+            bias = None if linear.bias is None else linear.bias.detach().to(dtype)
+            if packed:
+                reorder = torch.ops.mkldnn._reorder_linear_weight
+                copies = (reorder(weight, None), reorder(weight.t().contiguous(), None), bias)
+            else:
+                copies = (nn.Parameter(weight, requires_grad=False),
+                          None if bias is None else nn.Parameter(bias, requires_grad=False))
+            entry = (state, copies)
             self._copies[key] = entry
-        return entry[2]
+        return entry[1]
 
     @contextlib.contextmanager
     def applied(self, module: nn.Module, dtype: torch.dtype) -> Iterator[None]:
-        """``module``'s frozen linear layers hold ``dtype`` copies; float32 changes nothing."""
+        """``module``'s frozen linear layers run on ``dtype`` copies; float32 changes nothing."""
+        frozen = [linear for linear in module.modules() if isinstance(linear, nn.Linear)
+                  and not any(p.requires_grad for p in linear.parameters())]
+        if dtype == torch.float32:
+            frozen = []
+        packed = bool(frozen) and packs_linears(frozen[0].weight.device, dtype)
         swapped = []
-        if dtype != torch.float32:
-            for linear in module.modules():
-                if isinstance(linear, nn.Linear):
-                    for name in ("weight", "bias"):
-                        param = getattr(linear, name)
-                        if param is not None and not param.requires_grad:
-                            swapped.append((linear, name, param))
-                            setattr(linear, name, self._copy(param, dtype))
+        for linear in frozen:
+            copies = self._copy(linear, dtype, packed)
+            if packed:
+                linear.forward = functools.partial(_run_packed, copies)
+                swapped.append((linear, "forward", None))
+            else:
+                for name, copy in zip(("weight", "bias"), copies):
+                    if copy is not None:
+                        swapped.append((linear, name, getattr(linear, name)))
+                        setattr(linear, name, copy)
         try:
             yield
         finally:
             for linear, name, param in swapped:
-                setattr(linear, name, param)
+                if param is None:
+                    del linear.forward
+                else:
+                    setattr(linear, name, param)
 
 
 def compute_dtype(device: torch.device) -> torch.dtype:
@@ -159,107 +236,109 @@ def compute_dtype(device: torch.device) -> torch.dtype:
     return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else torch.float32
 
 
-def _times_cache_t(cached: Tensor, x: Tensor) -> Tensor:
-    """x @ cached^T, (B, H, K, L), computed as (cached @ x^T)^T.
+def _times_block_t(block: Tensor, x: Tensor) -> Tensor:
+    """x @ block^T, (B, H, K, L), computed as (block @ x^T)^T.
 
-    The same numbers, but oneDNN's batched product then reads the large cached block as its
-    left operand as it lies, instead of repacking it as the right one at every call: 2x
-    faster for K = 6 queries over 257 cached tokens on an AMX host (0.31 vs 0.66 ms a layer).
+    The same numbers, but oneDNN's batched product then reads the large block as its left
+    operand as it lies, instead of repacking it as the right one at every call: 2x faster
+    for K = 6 queries over 257 cached tokens on an AMX host (0.31 vs 0.66 ms a layer).
     """
-    return (cached @ x.transpose(-2, -1).contiguous()).transpose(-2, -1)
+    return (block @ x.transpose(-2, -1).contiguous()).transpose(-2, -1)
 
 
 class PromptAttention(torch.autograd.Function):
     """softmax(q [Kc; k]^T * scale) [Vc; v] for the prompts' queries, keys and values.
 
     Written out, not SDPA: with K queries against L + K keys the products are small, and
-    SDPA's fused CPU backward costs 10x the rest of the step. Written as a Function because
-    autograd would differentiate the concatenated keys and values in full, L + K rows a head,
-    only to drop the L cached ones: two of the step's largest products for nothing. Here the
-    backward computes the gradients of q, k and v alone, and the cached keys and values are
-    never concatenated with the prompts' (that copy was a fifth of the step): the products
-    with them and with the prompts' are taken apart, and only the small (K, L + K) scores
-    are joined.
+    SDPA's fused CPU backward costs 10x the rest of the step. The prompts' keys and values
+    are written into the free rows after the L cached ones (``TokenCache.room``), so each
+    product spans all L + K keys in one call, with no concatenated copy of the cache. Written
+    as a Function because autograd would differentiate the whole blocks, L + K rows a head,
+    only to drop the L cached ones: here the backward computes the gradients of q, k and v
+    alone, from the K prompt columns of the scores.
 
-    Inputs are (B, H, N, Dh): N = K for the prompts' q, k, v, N = L for the cached keys and
-    values; ``mask`` is (B, 1, K, L + K) bool or None; returns (B, H, K, Dh).
+    Inputs are (B, H, K, Dh) for the prompts' q, k, v and (B, H, L + K, Dh) for the blocks
+    (their last K rows are overwritten); ``mask`` is (B, 1, K, L + K) bool or None; returns
+    (B, H, K, Dh). A block serves one forward until its backward: a second forward writes
+    its rows again, and autograd then refuses the first one's backward.
     """
 
     @staticmethod
-    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, cached_k: Tensor, cached_v: Tensor,
+    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, keys: Tensor, values: Tensor,
                 mask: Tensor | None, scale: float, dropout: float) -> Tensor:
-        cached_k, cached_v = cached_k.to(k.dtype), cached_v.to(v.dtype)
+        num_prompts = q.shape[2]
+        keys, values = keys.to(k.dtype), values.to(v.dtype)
+        keys[:, :, -num_prompts:].copy_(k)
+        values[:, :, -num_prompts:].copy_(v)
         q = q * scale  # scaled before the products, as timm's attention does
-        scores = torch.cat([_times_cache_t(cached_k, q), q @ k.transpose(-2, -1)], dim=-1)
+        scores = _times_block_t(keys, q)  # (B, H, K, L + K)
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         # in the scores' dtype: the CPU kernels accumulate bf16 in float32 and round once,
         # the same numbers as a float32 softmax rounded to bf16, without two conversions
-        weights = scores.softmax(-1)  # (B, H, K, L + K)
+        weights = scores.softmax(-1)
         keep = None
         if dropout > 0:  # inverted dropout on the weights, its mask kept for the backward
             keep = torch.empty_like(weights).bernoulli_(1 - dropout).div_(1 - dropout)
-        ctx.save_for_backward(q, k, v, cached_k, cached_v, weights, keep)
+        ctx.save_for_backward(q, keys, values, weights, keep)
         ctx.scale = scale
-        kept = weights if keep is None else weights * keep
-        length = cached_k.shape[2]
-        return kept[..., :length] @ cached_v + kept[..., length:] @ v
+        return (weights if keep is None else weights * keep) @ values
 
     @staticmethod
     def backward(ctx: Any, d_out: Tensor) -> tuple[Tensor | None, ...]:
-        q, k, v, cached_k, cached_v, weights, keep = ctx.saved_tensors
-        length = cached_k.shape[2]
-        d_weights = torch.cat([_times_cache_t(cached_v, d_out), d_out @ v.transpose(-2, -1)],
-                              dim=-1)  # (B, H, K, L + K)
-        kept = weights[..., length:]  # the weights of the prompts' values
+        q, keys, values, weights, keep = ctx.saved_tensors
+        num_prompts = q.shape[2]
+        d_weights = _times_block_t(values, d_out)  # (B, H, K, L + K)
+        kept = weights[..., -num_prompts:]  # the weights of the prompts' values
         if keep is not None:
-            d_weights, kept = d_weights * keep, kept * keep[..., length:]
+            d_weights, kept = d_weights * keep, kept * keep[..., -num_prompts:]
         # softmax's own backward kernel (float32 inside): one pass for the formula's six
         d_scores = torch._softmax_backward_data(d_weights, weights, -1, weights.dtype)
-        d_cached, d_prompts = d_scores[..., :length], d_scores[..., length:]
-        d_q = (d_cached @ cached_k + d_prompts @ k) * ctx.scale
-        d_k = d_prompts.transpose(-2, -1) @ q
+        d_q = (d_scores @ keys) * ctx.scale
+        d_k = d_scores[..., -num_prompts:].transpose(-2, -1) @ q
         d_v = kept.transpose(-2, -1) @ d_out
         return d_q, d_k, d_v, None, None, None, None, None
 
 
-def _attend(q: Tensor, cached_k: Tensor, cached_v: Tensor, k: Tensor, v: Tensor,
+def _attend(q: Tensor, keys: Tensor, values: Tensor, k: Tensor, v: Tensor,
             mask: Tensor | None, heads: int, dropout: float = 0.0,
             scale: float | None = None) -> Tensor:
     """Multi-head attention of the prompts' queries over [cached originals; prompts].
 
-    The prompts' projections are (B, K, D), the cached keys and values (B, H, L, Dh);
-    returns the (B, K, D) attention output before the output projection.
+    The prompts' projections are (B, K, D), the blocks (B, H, L + K, Dh); returns the
+    (B, K, D) attention output before the output projection.
     """
     def split(t: Tensor) -> Tensor:  # (B, K, D) -> (B, H, K, D / H)
         return t.unflatten(-1, (heads, -1)).transpose(1, 2)
 
     q = split(q)
-    out = PromptAttention.apply(q, split(k), split(v), cached_k, cached_v, mask,
+    out = PromptAttention.apply(q, split(k), split(v), keys, values, mask,
                                 scale or q.shape[-1] ** -0.5, dropout)
     return out.transpose(1, 2).flatten(2)  # (B, K, D)
 
 
-def vit_block_prompts(block: nn.Module, x: Tensor, cached_k: Tensor, cached_v: Tensor,
+def vit_block_prompts(block: nn.Module, x: Tensor, keys: Tensor, values: Tensor,
                        mask: Tensor | None) -> Tensor:
-    """One timm ``Block`` on the prompt tokens only (the same arithmetic as ``Block.forward``)."""
+    """One timm ``Block`` on the prompt tokens only (the same arithmetic as ``Block.forward``);
+    ``keys`` and ``values`` are the layer's blocks with room for the prompts'."""
     attn = block.attn
     q, k, v = attn.qkv(block.norm1(x)).chunk(3, dim=-1)  # (B, K, D) each
     heads = attn.num_heads
     q = attn.q_norm(q.unflatten(-1, (heads, -1))).flatten(2)
     k = attn.k_norm(k.unflatten(-1, (heads, -1))).flatten(2)
-    cached_k = attn.k_norm(cached_k.to(k.dtype))  # (B, H, L, Dh), normed per head as timm's
-    out = _attend(q, cached_k, cached_v, k, v, mask, heads,
+    keys = attn.k_norm(keys.to(k.dtype))  # (B, H, L + K, Dh), normed per head as timm's
+    out = _attend(q, keys, values, k, v, mask, heads,
                   attn.attn_drop.p if attn.training else 0.0)
     x = x + block.drop_path1(block.ls1(attn.proj_drop(attn.proj(attn.norm(out)))))
     return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
 
 
-def bert_layer_prompts(layer: nn.Module, x: Tensor, cached_k: Tensor, cached_v: Tensor,
+def bert_layer_prompts(layer: nn.Module, x: Tensor, keys: Tensor, values: Tensor,
                         mask: Tensor | None) -> Tensor:
-    """One HF ``BertLayer`` on the prompt tokens only (post-norm, as ``BertLayer.forward``)."""
+    """One HF ``BertLayer`` on the prompt tokens only (post-norm, as ``BertLayer.forward``);
+    ``keys`` and ``values`` are the layer's blocks with room for the prompts'."""
     sa = layer.attention.self
-    out = _attend(sa.query(x), cached_k, cached_v, sa.key(x), sa.value(x), mask,
+    out = _attend(sa.query(x), keys, values, sa.key(x), sa.value(x), mask,
                   sa.num_attention_heads, sa.dropout.p if sa.training else 0.0, sa.scaling)
     x = layer.attention.output(out, x)
     return layer.output(layer.intermediate(x), x)
@@ -276,11 +355,13 @@ def prompt_mask(padding: Tensor, num_prompts: int, see_each_other: bool) -> Tens
 
 
 __all__ = [
-    "FrozenWeightCasts",
+    "FrozenLinears",
+    "PackedLinear",
     "PromptAttention",
     "TokenCache",
     "bert_layer_prompts",
     "compute_dtype",
+    "packs_linears",
     "prompt_mask",
     "recording_keys_values",
     "vit_block_prompts",

@@ -20,7 +20,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from mmcore.cached_forward import (FrozenWeightCasts, TokenCache, bert_layer_prompts,
+from mmcore.cached_forward import (FrozenLinears, TokenCache, bert_layer_prompts,
                                    compute_dtype, prompt_mask, recording_keys_values,
                                    vit_block_prompts)
 from mmcore.choice_lists import TextPooling, check_choice
@@ -58,7 +58,7 @@ class ImageEncoder(nn.Module):
             raise ValueError(f"ImageEncoder needs global_pool='token', "
                              f"got {backbone.global_pool!r}")
         self.backbone = backbone
-        self.weight_casts = FrozenWeightCasts()  # for forward_cached
+        self.frozen_linears = FrozenLinears()  # for forward_cached
         self.prompts_see_each_other = prompts_see_each_other
         self.embed_dim: int = backbone.embed_dim
         cls_input = backbone.cls_token.reshape(-1)  # (D,)
@@ -102,11 +102,14 @@ class ImageEncoder(nn.Module):
                                            out.embedding)
 
     def forward_cached(self, cache: TokenCache) -> EncoderOutput:
-        """The prompts alone through every layer, attending to the cached original tokens."""
+        """The prompts alone through every layer, attending to the cached original tokens
+        (in a batch's blocks with room for the prompts, as ``CachedCollator`` gathers them;
+        a cache without that room is copied once into one that has it)."""
+        cache = cache.with_room(self.prompt_length)
         dtype = compute_dtype(cache.embedding.device)
         x = self.prompts(len(cache)).to(dtype)  # (B, K, D)
         mask = prompt_mask(cache.padding, self.prompt_length, self.prompts_see_each_other)
-        with self.weight_casts.applied(self.backbone, dtype):
+        with self.frozen_linears.applied(self.backbone, dtype):
             for i, block in enumerate(self.backbone.blocks):
                 x = vit_block_prompts(block, x, cache.keys[i], cache.values[i], mask)
         return EncoderOutput(cache.embedding, self.backbone.norm(x))
@@ -166,7 +169,7 @@ class TextEncoder(nn.Module):
                              f"attn_implementation='sdpa' (got {attn!r})")
         check_choice("text pooling", pooling, TextPooling)
         self.backbone = backbone
-        self.weight_casts = FrozenWeightCasts()  # for forward_cached
+        self.frozen_linears = FrozenLinears()  # for forward_cached
         self.pooling = pooling
         self.prompts_see_each_other = prompts_see_each_other
         self.embed_dim: int = backbone.config.hidden_size
@@ -215,11 +218,14 @@ class TextEncoder(nn.Module):
                                            attention_mask.bool(), out.embedding)
 
     def forward_cached(self, cache: TokenCache) -> EncoderOutput:
-        """The prompts alone through every layer, attending to the cached original tokens."""
+        """The prompts alone through every layer, attending to the cached original tokens
+        (in a batch's blocks with room for the prompts, as ``CachedCollator`` gathers them;
+        a cache without that room is copied once into one that has it)."""
+        cache = cache.with_room(self.prompt_length)
         dtype = compute_dtype(cache.embedding.device)
         x = self.prompts(len(cache)).to(dtype)  # (B, K, D)
         mask = prompt_mask(cache.padding, self.prompt_length, self.prompts_see_each_other)
-        with self.weight_casts.applied(self.backbone, dtype):
+        with self.frozen_linears.applied(self.backbone, dtype):
             for i, layer in enumerate(self.backbone.encoder.layer):
                 x = bert_layer_prompts(layer, x, cache.keys[i], cache.values[i], mask)
         return EncoderOutput(cache.embedding, x)

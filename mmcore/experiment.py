@@ -120,7 +120,8 @@ def _loader(cfg: Config, dataset: MultimodalDataset, train: bool, table: Missing
                 resolve_device(cfg.run.device))
         cache = token_caches[dataset.split]
         return build_loader(CachedSplit(cache, dataset), batch_size,
-                            CachedCollator(cache, table), train=train, seed=cfg.run.seed)
+                            CachedCollator(cache, table, room=cfg.model.prompt_length),
+                            train=train, seed=cfg.run.seed)
     collate = build_collator(cfg, dataset, train, table)
     return build_loader(dataset, batch_size, collate, train=train, seed=cfg.run.seed,
                         num_workers=cfg.data.num_workers)

@@ -286,11 +286,14 @@ class CachedSplit(Dataset):
 
 
 class CachedCollator:
-    """Positions -> a ``Batch`` carrying cached tokens (and no pixels or token ids)."""
+    """Positions -> a ``Batch`` carrying cached tokens (and no pixels or token ids), with
+    ``room`` free rows in every block for the model's prompts (``TokenCache.select``)."""
 
-    def __init__(self, cache: SplitCache, missing_table: MissingTable | None = None) -> None:
+    def __init__(self, cache: SplitCache, missing_table: MissingTable | None = None,
+                 room: int = 0) -> None:
         self.cache = cache
         self.missing_table = missing_table
+        self.room = room
 
     def __call__(self, positions: Sequence[int]) -> Batch:
         index = torch.tensor(list(positions), dtype=torch.long)
@@ -301,12 +304,11 @@ class CachedCollator:
         return Batch(index=index, pixel_values=empty, input_ids=empty.long(),
                      attention_mask=empty.long(), has_image=has_image, has_text=has_text,
                      labels=self.cache.labels[index],
-                     image_tokens=_rows(self.cache.image, index),
-                     text_tokens=_rows(self.cache.text, index))
+                     image_tokens=self._rows(self.cache.image, index),
+                     text_tokens=self._rows(self.cache.text, index))
 
-
-def _rows(tokens: TokenCache | None, index: Tensor) -> TokenCache | None:
-    return None if tokens is None else tokens.select(index)
+    def _rows(self, tokens: TokenCache | None, index: Tensor) -> TokenCache | None:
+        return None if tokens is None else tokens.select(index, self.room)
 
 
 __all__ = [

@@ -92,3 +92,26 @@ def test_compiled_encoders_match_eager() -> None:
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_flops_of_prepacked_linear_layers_are_counted_as_the_plain_ones() -> None:
+    """The cached path's frozen linear layers run on oneDNN's prepacked op, which the FLOP
+    counter has no formula for: ``count_flops`` supplies it, or the cached step's FLOPs (and
+    the bench's ``flop_ratio``) would leave out its largest products."""
+    from mmcore.cached_forward import FrozenLinears, packs_linears
+
+    if not packs_linears(torch.device("cpu"), torch.bfloat16):
+        pytest.skip("oneDNN does not compute bf16 on this CPU")
+    count_flops = load_script("benchmarks/measure.py").count_flops
+    net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 8))
+    net.requires_grad_(False)
+    x = torch.randn(3, 5, 16, requires_grad=True)
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            net(x).float().sum().backward()
+
+    plain = count_flops(step)
+    with FrozenLinears().applied(net, torch.bfloat16):
+        packed = count_flops(step)
+    assert plain == packed == 2 * 2 * 15 * (16 * 32 + 32 * 8)  # forward and input gradient

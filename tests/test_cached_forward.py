@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from mmcore.cached_forward import (FrozenWeightCasts, PromptAttention, TokenCache, prompt_mask,
-                                   recording_keys_values)
+import mmcore.cached_forward as cached_forward
+from mmcore.cached_forward import (FrozenLinears, PromptAttention, TokenCache, packs_linears,
+                                   prompt_mask, recording_keys_values)
 from mmcore.prompts import read_only_mask
 
 
@@ -41,6 +42,24 @@ def test_select_keeps_rows_and_trims_to_the_longest_real_sequence():
                                                    part.embedding))
 
 
+def test_select_leaves_room_after_the_cached_rows_and_with_room_copies_only_when_short():
+    padding = torch.tensor([[True, True, False], [True, False, False]])
+    blocks = [torch.randn(2, 2, 3, 4) for _ in range(2)]
+    cache = TokenCache((blocks[0],), (blocks[1],), padding, torch.randn(2, 4))
+    part = cache.select(torch.tensor([1, 0]), room=3)  # 2 real tokens, then 3 free rows
+    assert part.room == 3 and part.keys[0].shape == (2, 2, 5, 4)
+    assert torch.equal(part.keys[0][:, :, :2], blocks[0][[1, 0], :, :2])
+    assert torch.equal(part.values[0][:, :, :2], blocks[1][[1, 0], :, :2])
+    assert part.keys[0].is_contiguous() and part.padding.shape == (2, 2)
+    assert part.with_room(3) is part
+    fewer = part.with_room(1)  # a view of the blocks, one free row
+    assert fewer.keys[0].shape == (2, 2, 3, 4)
+    assert fewer.keys[0].data_ptr() == part.keys[0].data_ptr()
+    roomy = cache.with_room(1)  # every row, in order, trimmed to 2 tokens, then 1 free row
+    assert roomy.room == 1 and roomy.keys[0].shape == (2, 2, 3, 4)
+    assert torch.equal(roomy.keys[0][:, :, :2], blocks[0][:, :, :2])
+
+
 def test_from_layers_splits_heads_one_block_per_layer():
     keys = [torch.randn(3, 5, 8) for _ in range(2)]  # per layer (B, L, D), D = 2 heads x 4
     cache = TokenCache.from_layers(keys, keys, 2, torch.ones(3, 5, dtype=torch.bool),
@@ -59,6 +78,12 @@ def test_recording_keeps_the_original_tokens_and_removes_its_hooks():
     assert torch.equal(keys, out[:, :3, :4]) and torch.equal(values, out[:, :3, 4:])
     layer(x)
     assert len(recorded) == 1 and not layer._forward_hooks
+
+
+def _with_room(cached: torch.Tensor, room: int) -> torch.Tensor:
+    """The block with ``room`` rows of NaN after the cached ones: whatever they hold is
+    overwritten, never read."""
+    return torch.cat([cached, torch.full_like(cached[:, :, :room], float("nan"))], 2)
 
 
 def _reference_attention(q, k, v, cached_k, cached_v, mask, scale):
@@ -80,45 +105,78 @@ def test_prompt_attention_matches_autograd_and_leaves_the_cache_alone(masked):
     padding = torch.ones(b, length, dtype=torch.bool)
     padding[0, 3:] = False
     mask = prompt_mask(padding, n, True) if masked else None
-    args = (cached_k, cached_v, mask, 0.3)
-    out = PromptAttention.apply(q, k, v, *args, 0.0)
-    torch.testing.assert_close(out, _reference_attention(q, k, v, *args))
-    assert torch.autograd.gradcheck(lambda *t: PromptAttention.apply(*t, *args, 0.0), (q, k, v))
+    keys, values = _with_room(cached_k, n), _with_room(cached_v, n)
+    out = PromptAttention.apply(q, k, v, keys, values, mask, 0.3, 0.0)
+    torch.testing.assert_close(out, _reference_attention(q, k, v, cached_k, cached_v, mask, 0.3))
+    assert torch.equal(keys[:, :, :length], cached_k)  # the cached rows are only read
+    assert torch.equal(values[:, :, length:], v.detach())  # the room holds the prompts'
+    assert torch.autograd.gradcheck(
+        lambda *t: PromptAttention.apply(*t, keys.clone(), values.clone(), mask, 0.3, 0.0),
+        (q, k, v))
+
+
+def test_a_block_serves_one_forward_until_its_backward():
+    q, k, v = (torch.randn(1, 1, 2, 4, requires_grad=True) for _ in range(3))
+    keys, values = _with_room(torch.randn(1, 1, 3, 4), 2), _with_room(torch.randn(1, 1, 3, 4), 2)
+    first = PromptAttention.apply(q, k, v, keys, values, None, 0.5, 0.0)
+    PromptAttention.apply(q, k * 2, v, keys, values, None, 0.5, 0.0)  # rewrites the room
+    with pytest.raises(RuntimeError, match="inplace"):
+        first.sum().backward()
 
 
 def test_prompt_attention_dropout_backpropagates_through_its_mask():
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 2, 3, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
-    cached = torch.randn(2, 2, 5, 4, dtype=torch.float64)
+    cached = _with_room(torch.randn(2, 2, 5, 4, dtype=torch.float64), 3)
 
     def dropped(*qkv: torch.Tensor) -> torch.Tensor:  # gradcheck reruns it: one dropout mask
         torch.manual_seed(1)
-        return PromptAttention.apply(*qkv, cached, cached, None, 0.5, 0.5)
+        return PromptAttention.apply(*qkv, cached.clone(), cached.clone(), None, 0.5, 0.5)
 
-    whole = PromptAttention.apply(q, k, v, cached, cached, None, 0.5, 0.0)
+    whole = PromptAttention.apply(q, k, v, cached.clone(), cached.clone(), None, 0.5, 0.0)
     assert not torch.allclose(dropped(q, k, v), whole)
     assert torch.autograd.gradcheck(dropped, (q, k, v))
 
 
-def test_frozen_weight_casts_hold_what_autocast_computes_and_restore_the_layers():
+def _net() -> nn.Sequential:
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 4))
+    net = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4))
     net[0].requires_grad_(False)  # frozen; net[2] trains
+    return net
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_frozen_linears_compute_what_autocast_computes_and_restore_the_layers(packed,
+                                                                             monkeypatch):
+    """Packed (oneDNN's layout, on CPUs that compute bf16) or cast copies (elsewhere): the
+    outputs and input gradients of autocast's own bf16 linear, within a bf16 rounding."""
+    if packed and not packs_linears(torch.device("cpu"), torch.bfloat16):
+        pytest.skip("oneDNN does not compute bf16 on this CPU")
+    monkeypatch.setattr(cached_forward, "packs_linears", lambda device, dtype: packed)
+    net = _net()
     frozen, trained = net[0].weight, net[2].weight
-    casts, x = FrozenWeightCasts(), torch.randn(3, 8)
+    linears, x = FrozenLinears(), torch.randn(6, 8, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         expected = net(x)
-        with casts.applied(net, torch.bfloat16):
-            assert net[0].weight.dtype == torch.bfloat16 and net[2].weight is trained
+        (expected_grad,) = torch.autograd.grad(expected.float().square().sum(), x)
+        with linears.applied(net, torch.bfloat16):
+            assert ("forward" in vars(net[0])) == packed and "forward" not in vars(net[2])
+            assert net[2].weight is trained  # a trained layer is left as it is
             got = net(x)
-    assert torch.equal(got, expected)  # the copy is exactly autocast's cast
-    assert net[0].weight is frozen and net[0].weight.dtype == torch.float32
+            (grad,) = torch.autograd.grad(got.float().square().sum(), x)
+    torch.testing.assert_close(got, expected, atol=2 ** -6, rtol=2 ** -7)
+    torch.testing.assert_close(grad, expected_grad, atol=2 ** -5, rtol=2 ** -6)
+    assert net[0].weight is frozen and "forward" not in vars(net[0])  # restored
     with torch.no_grad():
-        frozen.add_(1.0)  # a changed weight: its copy is remade
-    with casts.applied(net, torch.bfloat16):
-        assert torch.equal(net[0].weight, frozen.bfloat16())
+        frozen.mul_(-1.0)  # a changed weight: its copy is remade
+        net[0].bias.zero_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with linears.applied(net, torch.bfloat16):
+            flipped = net[0](x)
+    torch.testing.assert_close(flipped, nn.functional.linear(x.bfloat16(), frozen.bfloat16()),
+                               atol=2 ** -6, rtol=2 ** -7)
     frozen.data = torch.zeros_like(frozen)  # new storage, as module.to(device) gives
-    with casts.applied(net, torch.bfloat16):
-        assert not net[0].weight.any()
-    with casts.applied(net, torch.float32):  # full precision: nothing to hold
-        assert net[0].weight is frozen
+    with linears.applied(net, torch.bfloat16):
+        assert not net[0](x.bfloat16()).sub(net[0].bias.bfloat16()).any()
+    with linears.applied(net, torch.float32):  # full precision: nothing to hold
+        assert net[0].weight is frozen and "forward" not in vars(net[0])

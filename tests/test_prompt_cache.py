@@ -50,17 +50,25 @@ def test_text_prompts_from_cache_equal_the_full_forward_with_padding():
     _close(short.prompts, alone.prompts, 1e-5)
 
 
-def test_cached_prompts_get_the_same_gradients():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cached_prompts_get_the_same_gradients(dtype):
+    """In bf16 on a CPU the frozen linear layers run prepacked (``FrozenLinears``), forward
+    and backward: the gradient stays within bf16 rounding of the full forward's."""
+    torch.manual_seed(0)
     encoder = ImageEncoder(tiny_vit(), prompt_length=3)
     for p in encoder.backbone.parameters():
         p.requires_grad_(False)
     x = torch.randn(3, 3, 32, 32)
-    full, cache = encoder.forward_recording(x)
-    full.prompts.square().sum().backward()
-    expected = encoder.prompts.tokens.grad.clone()
-    encoder.prompts.tokens.grad = None
-    encoder.forward_cached(cache).prompts.square().sum().backward()
-    _close(encoder.prompts.tokens.grad, expected, 1e-4)
+    with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+        full, cache = encoder.forward_recording(x)
+        full.prompts.float().square().sum().backward()
+        expected = encoder.prompts.tokens.grad.clone()
+        encoder.prompts.tokens.grad = None
+        encoder.forward_cached(cache).prompts.float().square().sum().backward()
+    if dtype == torch.float32:  # float32 rounding, relative to the gradient's scale
+        _close(encoder.prompts.tokens.grad, expected, 1e-4 * float(expected.abs().max()))
+    else:
+        _close_bf16(encoder.prompts.tokens.grad, expected)
 
 
 def _tiny_model() -> FusionModel:
@@ -82,11 +90,15 @@ def _split_cache(model: FusionModel) -> tuple[SplitCache, Batch]:
     return SplitCache(image, text, batch.has_image, batch.has_text, batch.labels, "test"), batch
 
 
-def test_fusion_model_loss_is_the_same_from_the_cache():
+@pytest.mark.parametrize("room", [0, 3])
+def test_fusion_model_loss_is_the_same_from_the_cache(room):
+    """With or without room for the prompts in the batch's blocks (the collator's, as training
+    gathers them, or a copy the encoder makes); the image rows are re-selected (one lacks it)."""
     model = _tiny_model().eval()
     cache, batch = _split_cache(model)
-    cached_batch = CachedCollator(cache)([0, 1])
+    cached_batch = CachedCollator(cache, room=room)([0, 1])
     assert cached_batch.pixel_values.numel() == 0 and cached_batch.image_tokens is not None
+    assert cached_batch.image_tokens.keys[0].shape[2] == 17 + room  # CLS + 16 patches, room
     with torch.no_grad():
         direct, from_cache = model(batch), model(cached_batch)
     _close(from_cache.logits, direct.logits, 1e-5)
