@@ -71,7 +71,7 @@ class TokenCache:
         length = int(padding.any(0).nonzero().max()) + 1 if padding.any() else 1
 
         def gathered(block: Tensor) -> Tensor:
-            batch, heads, _, dim = block.shape
+            _, heads, _, dim = block.shape
             out = block.new_empty(len(rows), heads, length + room, dim)
             torch.index_select(block[:, :, :length], 0, rows, out=out[:, :, :length])
             return out
@@ -204,30 +204,27 @@ class FrozenLinears:
     @contextlib.contextmanager
     def applied(self, module: nn.Module, dtype: torch.dtype) -> Iterator[None]:
         """``module``'s frozen linear layers run on ``dtype`` copies; float32 changes nothing."""
-        frozen = [linear for linear in module.modules() if isinstance(linear, nn.Linear)
-                  and not any(p.requires_grad for p in linear.parameters())]
-        if dtype == torch.float32:
-            frozen = []
+        frozen = [] if dtype == torch.float32 else [
+            linear for linear in module.modules() if isinstance(linear, nn.Linear)
+            and not any(p.requires_grad for p in linear.parameters())]
         packed = bool(frozen) and packs_linears(frozen[0].weight.device, dtype)
-        swapped = []
+        swapped = []  # (layer, name, its own parameter) while the copy stands in
         for linear in frozen:
             copies = self._copy(linear, dtype, packed)
             if packed:
                 linear.forward = functools.partial(_run_packed, copies)
-                swapped.append((linear, "forward", None))
-            else:
-                for name, copy in zip(("weight", "bias"), copies):
-                    if copy is not None:
-                        swapped.append((linear, name, getattr(linear, name)))
-                        setattr(linear, name, copy)
+                continue
+            for name, copy in zip(("weight", "bias"), copies):
+                if copy is not None:
+                    swapped.append((linear, name, getattr(linear, name)))
+                    setattr(linear, name, copy)
         try:
             yield
         finally:
+            for linear in frozen if packed else ():
+                del linear.forward
             for linear, name, param in swapped:
-                if param is None:
-                    del linear.forward
-                else:
-                    setattr(linear, name, param)
+                setattr(linear, name, param)
 
 
 def compute_dtype(device: torch.device) -> torch.dtype:
