@@ -38,7 +38,7 @@ from mmcore.data import load_dataset
 from mmcore.data.base import Batch, MultimodalDataset
 from mmcore.missing import MissingTable
 from mmcore.model import FusionModel
-from mmcore.runtime import precision_context
+from mmcore.runtime import keep_freed_memory, precision_context
 from mmcore.weights import cache_dir
 
 FORMAT = 2  # 2: keys and values layer-major, split into heads
@@ -287,10 +287,16 @@ class CachedSplit(Dataset):
 
 class CachedCollator:
     """Positions -> a ``Batch`` carrying cached tokens (and no pixels or token ids), with
-    ``room`` free rows in every block for the model's prompts (``TokenCache.select``)."""
+    ``room`` free rows in every block for the model's prompts (``TokenCache.select``).
+
+    The blocks of each batch are fresh, a few MiB a layer: the collator has this process's
+    malloc keep freed blocks for reuse (``mmcore.runtime.keep_freed_memory``), so that a step
+    reuses the last one's memory instead of faulting in new pages.
+    """
 
     def __init__(self, cache: SplitCache, missing_table: MissingTable | None = None,
                  room: int = 0) -> None:
+        keep_freed_memory()
         self.cache = cache
         self.missing_table = missing_table
         self.room = room
