@@ -103,13 +103,12 @@ def keep_freed_memory() -> bool:
     """Have glibc's malloc keep freed blocks of up to 32 MiB for the next ones (this process).
 
     A cached training step gathers its batch into fresh blocks of a few MiB a layer
-    (``TokenCache.select``). glibc maps blocks that large from the system or hands freed
-    memory at the top of its heap back, by thresholds it moves as it goes, so in many
-    processes each step's blocks were faulted in page by page again: 16,000-31,000 faults a
-    batch at 224 px, and with glibc's initial thresholds a cached epoch 1.26x slower (median
-    of 8 paired epochs in one process). Raised and fixed, they let freed blocks serve the
-    next step, what PyTorch's CPU tuning guide gets from jemalloc or tcmalloc; up to 1 GiB of
-    freed memory then stays with the process. Returns whether it applied (glibc only).
+    (``TokenCache.select``). Until glibc has raised its own thresholds (by freeing large
+    enough blocks), it maps such blocks from the system and hands freed heap tops back, so
+    each step faults its blocks in page by page again: 16,000-31,000 faults a batch at 224 px,
+    seen in a process that had just recorded its cache. Raised and fixed, they let freed
+    blocks serve the next step, as jemalloc or tcmalloc would; up to 1 GiB of freed memory
+    then stays with the process. Returns whether it applied (glibc only).
     """
     if platform.libc_ver()[0] != "glibc":
         return False
