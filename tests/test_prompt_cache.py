@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import platform
-import resource
 
 import pytest
 import torch
@@ -224,13 +223,15 @@ def test_cached_training_reuses_freed_memory_instead_of_faulting_in_pages():
     """A cached epoch at 224 px gathers fresh blocks of MiBs for every batch; after the first
     epochs they come from earlier batches' freed memory, not from pages faulted in anew
     (glibc's own thresholds go on faulting in some processes: seen 16,000-31,000 a batch)."""
+    import resource
+
     from mmcore.build import build_model
     from mmcore.runtime import precision_context
 
     cfg = Config.from_params(peft="frozen", image_size=224, pretrained=False, precision="bf16")
     torch.manual_seed(0)
     model = build_model(cfg, 5, "multiclass")
-    n, size = 128, 224
+    n, size = 128, cfg.model.image_size
     ids = torch.randint(1000, 2000, (n, 64))
     with torch.no_grad(), precision_context("cpu", "bf16"):
         _, image = model.image_encoder.forward_recording(torch.randn(n, 3, size, size))
@@ -241,7 +242,7 @@ def test_cached_training_reuses_freed_memory_instead_of_faulting_in_pages():
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
     order = torch.Generator().manual_seed(0)
     faults = []
-    for epoch in range(6):
+    for _ in range(6):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         for rows in torch.randperm(n, generator=order).split(32):
             batch = collate(rows.tolist())
