@@ -39,9 +39,10 @@ class TokenCache:
     free rows after the L cached ones: the prompts' own keys and values are written there, so
     that one product over the block covers all L + K keys without concatenating them.
     One block per layer, not one for all layers: a batch's rows are gathered at every step,
-    and blocks of a layer's size are reused by the C allocator from step to step, where a
-    single (layers, B, ...) block was large enough to be mapped fresh from the system each
-    time (at 224 px its page faults took 92 ms a batch of 32, half a cached training step).
+    and blocks of a layer's size can be reused by the C allocator from step to step
+    (``CachedCollator`` has it keep them: ``mmcore.runtime.keep_freed_memory``), where a
+    single (layers, B, ...) block was too large to keep and was mapped fresh from the system
+    each time (at 224 px its page faults took 92 ms a batch of 32, half a cached training step).
     """
 
     keys: tuple[Tensor, ...]  # per layer (B, H, L + room, Dh): the L original tokens' keys
@@ -234,7 +235,7 @@ def compute_dtype(device: torch.device) -> torch.dtype:
 
 
 def _times_block_t(block: Tensor, x: Tensor) -> Tensor:
-    """x @ block^T, (B, H, K, L), computed as (block @ x^T)^T.
+    """x @ block^T, (B, H, K, rows of the block), computed as (block @ x^T)^T.
 
     The same numbers, but oneDNN's batched product then reads the large block as its left
     operand as it lies, instead of repacking it as the right one at every call: 2x faster
