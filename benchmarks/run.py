@@ -7,8 +7,10 @@ the reference) and ``fast`` (the configuration's own speed settings: ``run.preci
 - training and evaluation samples/s, fast and plain, and their ratio;
 - peak tensor memory of a training step, fast and plain, and their ratio;
 - model FLOPs per sample (training step and evaluation forward, counted);
-- the fp32 and bf16 matrix-product peaks measured in this process (2048^3, ``--threads`` threads) and
-  the fraction of it the fast training step reaches;
+- the fp32 and bf16 matrix-product peaks measured in this process (2048^3, ``--threads`` threads;
+  bf16 only on a CPU with bf16 units, AVX-512 or AMX: elsewhere ``run.precision="bf16"``
+  computes in float32, and ``precision`` says so) and the fraction of the peak of its
+  precision that the fast training step reaches;
 - the one-pass sweep (``mmcore.evaluation``: collect once, score 11 rates x 3 types x 3 seeds)
   against one evaluation pass over the same split (offline preset, real clip-art data);
 - the data pipeline alone (decode, transform, tokenise through ``mmcore.data.Collator``)
@@ -47,8 +49,8 @@ import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import (attention_kernels, count_flops, interleaved, matmul,  # noqa: E402
-                     peak_memory, seconds, top_ops)
+from measure import (Step, attention_kernels, count_flops, interleaved,  # noqa: E402
+                     matmul, peak_memory, seconds, top_ops)
 
 from mmcore.build import (build_collator, build_model, compile_encoders,  # noqa: E402
                           parameter_report)
@@ -58,7 +60,8 @@ from mmcore.data.base import Batch  # noqa: E402
 from mmcore.evaluation import collect, sweep  # noqa: E402
 from mmcore.metrics import compute_metrics  # noqa: E402
 from mmcore.model import FusionModel  # noqa: E402
-from mmcore.runtime import precision_context  # noqa: E402
+from mmcore.runtime import (effective_precision, has_fast_bf16,  # noqa: E402
+                            precision_context)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COLUMNS = (
@@ -95,7 +98,7 @@ class Runner:
 
     def __init__(self, model: FusionModel, precision: str) -> None:
         self.model = model
-        self.precision = precision
+        self.precision = effective_precision("cpu", precision)  # what its steps compute in
         self.optimizer = torch.optim.AdamW(
             [p for p in model.parameters() if p.requires_grad], lr=1e-5)
 
@@ -114,6 +117,17 @@ class Runner:
         self.model.eval()
         with precision_context("cpu", self.precision):
             return self.model(batch).logits
+
+
+PEAK_FLOPS = 2.0 * 2048**3
+
+
+def peak_products() -> dict[str, Step]:
+    """The 2048^3 matrix products whose speed is the host's peak: ``matmul_fp32``, and
+    ``matmul_bf16`` where the CPU has bf16 units (emulated bf16 runs near 1 GFLOP/s: no peak
+    a step computes at, since ``run.precision="bf16"`` computes in float32 there)."""
+    dtypes = {"fp32": torch.float32} | ({"bf16": torch.bfloat16} if has_fast_bf16("cpu") else {})
+    return {f"matmul_{name}": matmul(2048, dtype)[0] for name, dtype in dtypes.items()}
 
 
 def synthetic_batch(batch_size: int, image_size: int, text_tokens: int, num_classes: int
@@ -151,12 +165,10 @@ def model_section(cfg: Config, num_classes: int, args: argparse.Namespace, tag: 
     batch = synthetic_batch(cfg.optim.batch_size, cfg.model.image_size, cfg.data.max_text_length,
                             num_classes)
     n = len(batch)
-    mm, mm_flops = matmul(2048, torch.bfloat16)
-    mm32, _ = matmul(2048, torch.float32)
+    peaks = peak_products()
     # one warm-up round each: lazy initialisation, oneDNN primitive creation, compilation
     train = interleaved({k: (lambda r=r: r.train_step(batch)) for k, r in runners.items()}
-                        | {"matmul": mm, "matmul_fp32": mm32}, repeats=args.steps,
-                        warmup=args.warmup)
+                        | peaks, repeats=args.steps, warmup=args.warmup)
     evals = interleaved({k: (lambda r=r: r.eval_step(batch)) for k, r in runners.items()},
                         repeats=args.steps, warmup=1)
     memory = {k: peak_memory(lambda r=r: r.train_step(batch)) for k, r in runners.items()}
@@ -175,7 +187,7 @@ def model_section(cfg: Config, num_classes: int, args: argparse.Namespace, tag: 
         (lambda r=runner: r.eval_step(batch))) for name, runner in runners.items()
         for mode in ("train", "eval")}
     (args.out / f"attention_{tag}.json").write_text(json.dumps(kernels, indent=2) + "\n")
-    peak = mm_flops / train["matmul"]
+    peak = PEAK_FLOPS / train[f"matmul_{runners['fast'].precision}"]
     trainable, total = parameter_report(plain.model)["all"]
     return {
         "trainable_params": trainable, "total_params": total,
@@ -186,8 +198,9 @@ def model_section(cfg: Config, num_classes: int, args: argparse.Namespace, tag: 
         "peak_mem_mib": memory["fast"] / 2**20, "peak_mem_plain_mib": memory["plain"] / 2**20,
         "peak_mem_ratio": memory["fast"] / max(memory["plain"], 1),
         "train_gflop_per_sample": train_flops / 1e9, "eval_gflop_per_sample": eval_flops / 1e9,
-        "fp32_peak_gflops": mm_flops / train["matmul_fp32"] / 1e9,
-        "bf16_peak_gflops": peak / 1e9,
+        "fp32_peak_gflops": PEAK_FLOPS / train["matmul_fp32"] / 1e9,
+        "bf16_peak_gflops": PEAK_FLOPS / train["matmul_bf16"] / 1e9 if "matmul_bf16" in train
+        else None,
         "train_gflops": train_flops * n / train["fast"] / 1e9,
         "peak_fraction": train_flops * n / train["fast"] / peak,
     }, runners["fast"]
@@ -320,11 +333,10 @@ def compile_section(base: Config, num_classes: int, image_size: int,
         outs = [m.eval()(batch) for m in (eager, compiled)]
     runners = {"eager": Runner(eager, "bf16"), "compiled": Runner(compiled, "bf16")}
     compile_s = seconds(lambda: runners["compiled"].train_step(batch))  # traces and compiles
-    mm, mm_flops = matmul(2048, torch.bfloat16)
     t = interleaved({name: (lambda r=r: r.train_step(batch)) for name, r in runners.items()}
-                    | {"matmul": mm}, repeats=args.steps, warmup=args.warmup)
+                    | peak_products(), repeats=args.steps, warmup=args.warmup)
     flops = count_flops(lambda: runners["eager"].train_step(batch))
-    peak = mm_flops / t["matmul"]
+    peak = PEAK_FLOPS / t[f"matmul_{runners['eager'].precision}"]
     n = len(batch)
     return {"image_size": image_size, "batch_size": n,
             "eager_sps": n / t["eager"], "compiled_sps": n / t["compiled"],
@@ -431,7 +443,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         cfg = setting.config(base)
         print(f"[{preset}] model: batch {setting.batch_size}, {setting.image_size} px, "
               f"{setting.text_tokens} tokens", flush=True)
-        row: dict[str, Any] = {**vars(setting), "precision": cfg.run.precision,
+        row: dict[str, Any] = {**vars(setting),
+                               "precision": effective_precision("cpu", cfg.run.precision),
                                "compile": cfg.run.compile}
         figures, fast = model_section(cfg, num_classes, args, preset)
         row.update(figures)

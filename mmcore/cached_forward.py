@@ -25,6 +25,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from mmcore.prompts import read_only_mask
+from mmcore.runtime import has_fast_bf16
 
 
 @dataclass
@@ -136,9 +137,7 @@ def recording_keys_values(
 
 def packs_linears(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether frozen linear layers run prepacked here: bf16 on a CPU oneDNN computes in."""
-    return (device.type == "cpu" and dtype == torch.bfloat16
-            and torch.backends.mkldnn.is_available()
-            and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return device.type == "cpu" and dtype == torch.bfloat16 and has_fast_bf16(device)
 
 
 class PackedLinear(torch.autograd.Function):
