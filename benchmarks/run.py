@@ -443,11 +443,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         cfg = setting.config(base)
         print(f"[{preset}] model: batch {setting.batch_size}, {setting.image_size} px, "
               f"{setting.text_tokens} tokens", flush=True)
-        row: dict[str, Any] = {**vars(setting),
-                               "precision": effective_precision("cpu", cfg.run.precision),
-                               "compile": cfg.run.compile}
+        row: dict[str, Any] = {**vars(setting), "compile": cfg.run.compile}
         figures, fast = model_section(cfg, num_classes, args, preset)
-        row.update(figures)
+        row.update(figures, precision=fast.precision)  # what its steps computed in
         if preset == "offline":  # the real data and tokenizer exist only for the offline preset
             print(f"[{preset}] sweep vs evaluation pass", flush=True)
             row.update(sweep_section(cfg, fast, args))

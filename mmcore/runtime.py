@@ -110,10 +110,10 @@ def effective_precision(device: torch.device | str, precision: Precision) -> Pre
 
 @functools.cache
 def _warn_no_fast_bf16(device_type: str) -> None:
-    capability = torch.backends.cpu.get_cpu_capability() if device_type == "cpu" else "this GPU"
-    warnings.warn(f"run.precision='bf16' computes in float32 on this {device_type} "
-                  f"({capability}): it has no bf16 matrix units, and emulated bf16 would be "
-                  "over 100x slower")
+    where = (f"CPU ({torch.backends.cpu.get_cpu_capability()})" if device_type == "cpu"
+             else f"GPU ({torch.cuda.get_device_name()})")
+    warnings.warn(f"run.precision='bf16' computes in float32 on this {where}: it has no bf16 "
+                  "matrix units, and emulated bf16 would be over 100x slower")
 
 
 def precision_context(device: torch.device | str, precision: Precision
