@@ -16,7 +16,6 @@ import socket
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 from urllib.parse import urlparse
 
 import timm

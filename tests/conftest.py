@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +28,26 @@ def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     built chapter of tests/test_book_site.py): never runs/, and chapters at the same small
     parameters load each other's runs instead of training them again."""
     return tmp_path_factory.mktemp("notebook_runs") / "runs"
+
+
+@pytest.fixture(scope="session")
+def small_chapter(tmp_path_factory: pytest.TempPathFactory, runs_dir: Path
+                  ) -> Callable[[str], tuple[Path, dict[str, Any]]]:
+    """``small_chapter(stem)``: the chapter executed at its small parameters (tests/_chapters.py)
+    and the parameters it ran with. It runs once a session, at the first request: the
+    notebook test and the built site's chapter check the same execution."""
+    from _chapters import ROOT, execute_small
+
+    folder = tmp_path_factory.mktemp("executed_chapters")
+    done: dict[str, tuple[Path, dict[str, Any]]] = {}
+
+    def executed(stem: str) -> tuple[Path, dict[str, Any]]:
+        if stem not in done:
+            dest = folder / f"{stem}.ipynb"
+            done[stem] = dest, execute_small(ROOT / "notebooks" / dest.name, dest, runs_dir)
+        return done[stem]
+
+    return executed
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ import contextlib
 import functools
 import http.server
 import re
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +28,6 @@ from urllib.parse import urljoin, urlparse
 import pytest
 from _scripts import load_script
 from _site import build, chapter_title, git, make_publish, standin_book
-from test_notebooks import SMALL_PARAMS as NOTEBOOK_SMALL_PARAMS
 
 pytestmark = pytest.mark.browser
 
@@ -39,7 +39,6 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1280, "height": 900}
 PAPER = "https://arxiv.org/abs/2407.12616"
-SMALL_PARAMS = NOTEBOOK_SMALL_PARAMS[CHAPTER]  # the notebook test's: the two share runs
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
@@ -52,18 +51,15 @@ def _load_build_book():
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory, runs_dir: Path) -> Path:
+def site(tmp_path_factory: pytest.TempPathFactory, small_chapter) -> Path:
     """The chapter built into a throw-away copy of the book (the repo's _build and runs/ untouched);
-    the other chapters are stand-ins. Its runs go to the session's notebook run folder, where
-    tests/test_notebooks.py executes the same chapter at the same parameters: whichever runs
-    second loads the models the first trained."""
-    build_book = _load_build_book()
+    the other chapters are stand-ins. The chapter is the session's one execution of it at
+    small parameters, which tests/test_notebooks.py checks as well."""
     out = tmp_path_factory.mktemp("site")
     book = standin_book(out)
-    source = ROOT / "notebooks" / f"{CHAPTER}.ipynb"
-    params = {**SMALL_PARAMS, "out_dir": str(runs_dir)}
-    build_book.execute(source, book / "chapters" / source.name, params, progress=False)
-    build_book.build_site(book, out / "_config.yml", out)
+    executed, _ = small_chapter(CHAPTER)
+    shutil.copy(executed, book / "chapters" / executed.name)
+    _load_build_book().build_site(book, out / "_config.yml", out)
     return out / "_build" / "html"
 
 
@@ -110,7 +106,8 @@ def standin_url(standin_site: Path) -> Iterator[str]:
 def browser_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """A Chromium context on a fresh profile that records every request and every local error."""
     if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} not found: `apt-get install -y chromium` (make setup does this)")
+        pytest.fail(f"{CHROMIUM} not found: `apt-get install -y --no-install-recommends chromium "
+                    "fonts-liberation` (make setup does this)")
     from playwright.sync_api import sync_playwright
 
     log: dict = {"requests": [], "errors": [], "console": []}

@@ -30,7 +30,7 @@ def _images(folder: Path, n: int) -> list[str]:
 def test_csv_rows_with_missing_modalities_and_relative_paths(tmp_path):
     paths = _images(tmp_path / "pics", 3)
     manifest = _csv(tmp_path / "m.csv", "image,text,label,split,id",
-                    [f"{paths[0]},a red thing,cat,train,x1", f",text only,dog,train,x2",
+                    [f"{paths[0]},a red thing,cat,train,x1", ",text only,dog,train,x2",
                      f"{paths[2]},,cat,train,x3", f"{paths[1]},\"quoted, text\",dog,test,x4"])
     ds = load_manifest(manifest, "train")
     assert ds.task_type == "binary" and ds.classes == ["cat", "dog"] and ds.name == "m"

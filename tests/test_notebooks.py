@@ -2,18 +2,18 @@
 
 Sources in notebooks/ are stripped, their papermill parameters are exactly Config leaves with
 Config's defaults (so a notebook and the CLI never disagree), and every notebook runs end to
-end at small parameters (marker ``notebook``).
+end at small parameters with the book's executor (marker ``notebook``; tests/_chapters.py).
 """
 from __future__ import annotations
 
 import ast
 import importlib
 from pathlib import Path
-from typing import Any
 
 import nbformat
 import papermill
 import pytest
+from _chapters import SMALL_PARAMS
 from _scripts import load_script
 
 from mmcore.config import Config
@@ -21,28 +21,6 @@ from mmcore.config import Config
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 DEFAULTS = Config().to_flat()
-
-# Per notebook (file stem): Config leaves that make it run in seconds. Every notebook needs an
-# entry, so a new chapter cannot silently run its full-size defaults under `make test`.
-SMALL_PARAMS: dict[str, dict[str, Any]] = {
-    "01_method": {"prompt_length": 2, "max_text_length": 32},
-    "02_training": {"limit_samples": 64, "epochs": 1, "batch_size": 16, "eval_batch_size": 32,
-                    "prompt_length": 2},
-    # 03 and 04 load 02's "ours" run (same params, shared out_dir) and share "cls" with each other
-    "03_embeddings": {"limit_samples": 64, "epochs": 1, "batch_size": 16, "eval_batch_size": 32,
-                      "prompt_length": 2},
-    "04_robustness": {"limit_samples": 64, "epochs": 1, "batch_size": 16, "eval_batch_size": 32,
-                      "prompt_length": 2},
-    # nine training runs in one notebook: each must be tiny
-    "05_ablations": {"limit_samples": 24, "epochs": 1, "batch_size": 8, "eval_batch_size": 24,
-                     "image_size": 56},
-    # the same run as 02_training: in one session (shared out_dir) it is loaded, not retrained
-    "06_design": {"limit_samples": 64, "epochs": 1, "batch_size": 16, "eval_batch_size": 32,
-                  "prompt_length": 2},
-    # reads the saved benchmark table; trains nothing and takes no parameters
-    "07_performance": {},
-}
-
 
 def _ids(paths: list[Path]) -> list[str]:
     return [p.stem for p in paths]
@@ -120,21 +98,16 @@ def test_strip_clears_outputs_and_keeps_tags(tmp_path: Path) -> None:
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
-def test_notebook_runs_at_small_parameters(path: Path, tmp_path: Path, runs_dir: Path) -> None:
+def test_notebook_runs_at_small_parameters(path: Path, small_chapter) -> None:
     if path.stem not in SMALL_PARAMS:
-        pytest.fail(f"add '{path.stem}' to SMALL_PARAMS in tests/test_notebooks.py")
-    params = dict(SMALL_PARAMS[path.stem])
-    if "out_dir" in papermill.inspect_notebook(str(path)):
-        params["out_dir"] = str(runs_dir)
-    out = tmp_path / path.name
-    papermill.execute_notebook(
-        str(path), str(out), parameters=params, kernel_name="python3",
-        cwd=str(ROOT), progress_bar=False,
-    )
-    nb = nbformat.read(out, as_version=4)
+        pytest.fail(f"add '{path.stem}' to SMALL_PARAMS in tests/_chapters.py")
+    executed, params = small_chapter(path.stem)  # the book's executor raises on a failed cell
+    nb = nbformat.read(executed, as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
               if o.output_type == "error"]
     assert not errors, f"{path.name}: {errors[0].ename}: {errors[0].evalue}"
+    key = load_script("scripts/build_book.py").FINGERPRINT_KEY
+    assert nb.metadata[key]["parameters"] == params  # the executor records what it ran with
     if params:  # papermill injects a cell only when it is given parameters
         injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
         assert len(injected) == 1 and all(f"{k} = " in injected[0].source for k in params)
