@@ -106,8 +106,7 @@ def standin_url(standin_site: Path) -> Iterator[str]:
 def browser_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """A Chromium context on a fresh profile that records every request and every local error."""
     if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} not found: `apt-get install -y --no-install-recommends chromium "
-                    "fonts-liberation` (make setup does this)")
+        pytest.fail(f"{CHROMIUM} not found: `make setup` installs Debian's chromium (as root)")
     from playwright.sync_api import sync_playwright
 
     log: dict = {"requests": [], "errors": [], "console": []}
