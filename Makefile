@@ -10,6 +10,9 @@ SITE ?= _build/html
 # `make publish`: the built site onto this branch of this remote (GitHub Pages serves gh-pages)
 PUBLISH_REMOTE ?= origin
 PUBLISH_BRANCH ?= gh-pages
+# `make test TEST_WORKERS=4`: pytest-xdist workers; each gets cores / TEST_WORKERS threads
+# (tests/conftest.py). Two keep a 2-core machine busy through the suite's serial stretches.
+TEST_WORKERS ?= 2
 # `make lab`: JupyterLab's port; no browser is opened where there is no display, and root (in a
 # container) needs --allow-root
 LAB_PORT ?= 8888
@@ -41,7 +44,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 test: setup
-	$(PY) -m pytest -m "not gpu"
+	$(PY) -m pytest -m "not gpu" -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow and not notebook and not distributed and not browser and not gpu"

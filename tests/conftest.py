@@ -9,6 +9,26 @@ from typing import Any
 import pytest
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``make test`` runs two workers), each worker takes its share of the
+    cores, and so do the kernels, scripts and torchrun children it starts: two workers of two
+    threads each on two cores stall each other's OpenMP barriers.
+
+    ``--dist loadgroup`` must group: spread over workers, the chapter tests would each build
+    the executed chapters and the site again. pytest-xdist groups by suffixing node ids, which
+    pytest 9.2 ignores (pytest-dev/pytest-xdist#1386), silently."""
+    if config.getoption("dist", "no") == "loadgroup" and pytest.version_tuple >= (9, 2):
+        raise pytest.UsageError(f"--dist loadgroup does not group on pytest {pytest.__version__}"
+                                " (pytest-dev/pytest-xdist#1386): pip install 'pytest<9.2'")
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        threads = str(max(1, len(os.sched_getaffinity(0)) // int(workers)))
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = threads
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
 @pytest.fixture(scope="session")
 def mmcore_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh ``$MMCORE_CACHE`` for the session: the first use converts, later uses load."""

@@ -29,7 +29,9 @@ import pytest
 from _scripts import load_script
 from _site import build, chapter_title, git, make_publish, standin_book
 
-pytestmark = pytest.mark.browser
+# One worker under pytest-xdist: its module fixtures (browser, sites) and the executed chapter
+# it shares with tests/test_notebooks.py are built once.
+pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("chapters")]
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")

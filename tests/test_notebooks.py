@@ -97,6 +97,7 @@ def test_strip_clears_outputs_and_keeps_tags(tmp_path: Path) -> None:
 
 
 @pytest.mark.notebook
+@pytest.mark.xdist_group("chapters")  # one worker: chapters load each other's runs (_chapters.py)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
 def test_notebook_runs_at_small_parameters(path: Path, small_chapter) -> None:
     if path.stem not in SMALL_PARAMS:
