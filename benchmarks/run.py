@@ -41,7 +41,7 @@ import os
 import platform
 import statistics
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -254,9 +254,9 @@ def data_section(cfg: Config, train_sps: float, args: argparse.Namespace) -> dic
             "data_mean_tokens": statistics.mean(lengths)}
 
 
-CACHE_COLUMNS = ("image_size", "batch_size", "bitfit_sps", "frozen_sps", "cached_sps",
-                 "cached_vs_bitfit", "cached_vs_frozen", "flop_ratio", "build_s_per_sample",
-                 "cache_bytes_per_sample")
+CACHE_COLUMNS = ("image_size", "batch_size", "cache_reads", "bitfit_sps", "frozen_sps",
+                 "cached_sps", "cached_vs_bitfit", "cached_vs_frozen", "flop_ratio",
+                 "build_s_per_sample", "cache_bytes_per_sample")
 COMPILE_COLUMNS = ("image_size", "batch_size", "eager_sps", "compiled_sps", "compiled_vs_eager",
                    "compile_s", "eager_peak_fraction", "compiled_peak_fraction",
                    "loss_abs_diff", "logits_max_abs_diff")
@@ -270,11 +270,12 @@ def cache_section(base: Config, num_classes: int, image_size: int, args: argpars
     encoders frozen, run in full; both take one step on a batch handed to them for free (no
     decoding). ``cached``: frozen, the prompts alone over the cached keys and values
     (``mmcore.prompt_cache``), timed as training runs it: an epoch over a recorded split
-    of ``--cache-batches`` batches, its rows shuffled and gathered by ``CachedCollator`` at
-    every step, so the cached path pays for its own data and the other two do not. Also the
-    cost of building the cache (one recording forward) and its size, both per sample, and
-    ``flop_ratio``: the BitFit step's FLOPs over the cached step's (counted), the speed-up
-    the cache would give if its step ran as efficiently as the BitFit step.
+    of ``--cache-batches`` batches, its rows shuffled and taken by ``CachedCollator`` at
+    every step (``cache_reads``: read in place, or gathered into the batch's blocks), so the
+    cached path pays for its own data and the other two do not. Also the cost of building
+    the cache (one recording forward) and its size, both per sample, and ``flop_ratio``: the
+    BitFit step's FLOPs over the cached step's (counted), the speed-up the cache would give
+    if its step ran as efficiently as the BitFit step.
     """
     from mmcore.prompt_cache import CachedCollator, SplitCache
 
@@ -310,9 +311,13 @@ def cache_section(base: Config, num_classes: int, image_size: int, args: argpars
     t = interleaved(steps | {"cached": cached_epoch}, repeats=args.steps, warmup=args.warmup)
     t["cached"] /= args.cache_batches
     n = len(batch)
+    first = collate(list(range(n)))
+    gathered = replace(first, image_tokens=first.image_tokens.gathered(),  # the same products,
+                       text_tokens=first.text_tokens.gathered())  # as torch's, which it counts
     flop_ratio = count_flops(steps["bitfit"]) / count_flops(
-        lambda: runners["frozen"].train_step(collate(list(range(n)))))
+        lambda: runners["frozen"].train_step(gathered))
     return {"image_size": image_size, "batch_size": n,
+            "cache_reads": "gathered" if first.image_tokens.rows is None else "in place",
             **{f"{name}_sps": n / t[name] for name in ("bitfit", "frozen", "cached")},
             "cached_vs_bitfit": t["bitfit"] / t["cached"],
             "cached_vs_frozen": t["frozen"] / t["cached"],

@@ -17,15 +17,32 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterator, NamedTuple
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
 from mmcore.prompts import read_only_mask
+from mmcore.row_products import mix_rows, times_rows_t
 from mmcore.runtime import has_fast_bf16
+
+
+class CachedLayer(NamedTuple):
+    """What one layer's prompt attention reads of a ``TokenCache``."""
+
+    keys: Tensor  # (B, H, length + room, Dh) the batch's own block, or (N, H, L0, Dh) the split's
+    values: Tensor  # the same for the values
+    rows: Tensor | None  # (B,) the batch's samples in the split's blocks; None: its own blocks
+    length: int  # the cached tokens each sample has (the rest is room, or other samples' length)
+
+
+def reads_in_place(block: Tensor) -> bool:
+    """Whether a step reads a block's rows where they lie (``mmcore.row_products``): float32 on
+    a CPU. Elsewhere the batched products of a gathered copy are faster (bf16 on CPUs with
+    bf16 units, GPUs)."""
+    return block.device.type == "cpu" and block.dtype == torch.float32 and block.is_contiguous()
 
 
 @dataclass
@@ -35,22 +52,31 @@ class TokenCache:
     No original token attends to a prompt, so with frozen weights these never depend on
     the prompts: cached once per sample, they let ``forward_cached`` run only the K prompt
     tokens through the layers and still give exactly the outputs of the full forward.
-    Keys and values are split into heads, one contiguous (B, H, L + room, Dh) block per
-    layer, the layout the prompts' attention reads in place. A batch's blocks keep ``room``
-    free rows after the L cached ones: the prompts' own keys and values are written there, so
-    that one product over the block covers all L + K keys without concatenating them.
-    One block per layer, not one for all layers: a batch's rows are gathered at every step,
-    and blocks of a layer's size can be reused by the C allocator from step to step
-    (``CachedCollator`` has it keep them: ``mmcore.runtime.keep_freed_memory``), where a
-    single (layers, B, ...) block was too large to keep and was mapped fresh from the system
-    each time (at 224 px its page faults took 92 ms a batch of 32, half a cached training step).
+    Keys and values are split into heads, one contiguous (B, H, L, Dh) block per layer.
+
+    A training step takes its batch with ``batch``, in one of two forms:
+
+    - **In place** (``rows`` set; float32 on a CPU, ``reads_in_place``): the blocks stay the
+      whole split's and ``rows`` says which samples the batch is; the attention reads them
+      where they lie (``mmcore.row_products``), with no copy at all.
+    - **Gathered** (``rows`` None; ``select``): the batch's rows copied into fresh blocks that
+      keep ``room`` free rows after the L cached ones. The prompts' own keys and values are
+      written there, so that one batched product covers all L + K keys. One block per layer,
+      not one for all layers: blocks of a layer's size can be reused by the C allocator from
+      step to step (``CachedCollator`` has it keep them: ``mmcore.runtime.keep_freed_memory``),
+      where a single (layers, B, ...) block was mapped fresh from the system each time (at
+      224 px its page faults took 92 ms a batch of 32, half a cached training step).
+
+    An in-place batch is gathered where it must leave the process or the CPU (``to``,
+    pickling for a DataLoader worker).
     """
 
-    keys: tuple[Tensor, ...]  # per layer (B, H, L + room, Dh): the L original tokens' keys
-    values: tuple[Tensor, ...]  # per layer (B, H, L + room, Dh)
+    keys: tuple[Tensor, ...]  # per layer (N, H, L + room, Dh): the L original tokens' keys
+    values: tuple[Tensor, ...]  # per layer (N, H, L + room, Dh)
     padding: Tensor  # (B, L) bool, True = a real token
     embedding: Tensor  # (B, D) the encoder's embedding (unchanged by prompts)
-    room: int = 0  # free rows after the L cached ones in every block
+    room: int = 0  # free rows after the L cached ones in every block (gathered)
+    rows: Tensor | None = None  # (B,) the batch's samples in the blocks (in place)
 
     @classmethod
     def from_layers(cls, keys: list[Tensor], values: list[Tensor], heads: int, padding: Tensor,
@@ -61,49 +87,94 @@ class TokenCache:
                          for t in per_layer)
         return cls(split(keys), split(values), padding, embedding)
 
+    def _trimmed(self, rows: Tensor) -> tuple[Tensor, int]:
+        """The padding of ``rows``, trimmed to their longest real sequence, and that length."""
+        padding = self.padding[rows]
+        length = int(padding.any(0).nonzero().max()) + 1 if padding.any() else 1
+        return padding[:, :length], length
+
+    def _source(self, rows: Tensor) -> Tensor:
+        """Positions of this cache's ``rows`` in its blocks."""
+        return rows if self.rows is None else self.rows[rows]
+
     def select(self, rows: Tensor, room: int = 0) -> "TokenCache":
-        """Rows of the cache, trimmed to the longest real sequence among them, with ``room``
-        free rows after it in every block (for ``forward_cached`` with K <= room prompts).
+        """Rows of the cache, copied and trimmed to the longest real sequence among them, with
+        ``room`` free rows after it in every block (for ``forward_cached`` with K <= room).
 
         ``index_select`` copies whole rows, several times faster than advanced indexing;
         written into the leading rows of a fresh block, it leaves every layer's block
         contiguous, which the batched products read twice as fast as a strided view.
         """
-        padding = self.padding[rows]
-        length = int(padding.any(0).nonzero().max()) + 1 if padding.any() else 1
+        padding, length = self._trimmed(rows)
+        source = self._source(rows)
 
         def gathered(block: Tensor) -> Tensor:
             _, heads, _, dim = block.shape
             out = block.new_empty(len(rows), heads, length + room, dim)
-            torch.index_select(block[:, :, :length], 0, rows, out=out[:, :, :length])
+            torch.index_select(block[:, :, :length], 0, source, out=out[:, :, :length])
             return out
 
         return TokenCache(tuple(map(gathered, self.keys)), tuple(map(gathered, self.values)),
-                          padding[:, :length], self.embedding[rows], room)
+                          padding, self.embedding[rows], room)
+
+    def batch(self, rows: Tensor, room: int = 0) -> "TokenCache":
+        """Rows of the cache as a training step reads them: in place where ``reads_in_place``
+        (no copy: only their padding and embeddings are taken), else ``select``."""
+        if not reads_in_place(self.keys[0]):
+            return self.select(rows, room)
+        padding, _ = self._trimmed(rows)
+        return TokenCache(self.keys, self.values, padding, self.embedding[rows], room,
+                          self._source(rows))
+
+    def gathered(self) -> "TokenCache":
+        """This cache with blocks of its own: itself, or an in-place batch's rows copied."""
+        if self.rows is None:
+            return self
+        return self.select(torch.arange(len(self), device=self.padding.device), self.room)
+
+    def layer(self, index: int) -> CachedLayer:
+        return CachedLayer(self.keys[index], self.values[index], self.rows,
+                           self.padding.shape[1])
 
     def with_room(self, room: int) -> "TokenCache":
-        """This cache with exactly ``room`` free rows: itself, a view of fewer, or a copy."""
+        """This cache with exactly ``room`` free rows: itself, a view of fewer, or a copy (an
+        in-place batch needs none: the prompts' keys and values never enter the blocks)."""
         if self.room == room:
             return self
+        if self.rows is not None:
+            return replace(self, room=room)
         if self.room > room:
             end = self.padding.shape[1] + room
             return TokenCache(tuple(t[:, :, :end] for t in self.keys),
                               tuple(t[:, :, :end] for t in self.values), self.padding,
                               self.embedding, room)
-        return self.select(torch.arange(len(self), device=self.padding.device), room)
+        return self.batch(torch.arange(len(self), device=self.padding.device), room)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "TokenCache":
+        if self.rows is not None and torch.device(device) != self.padding.device:
+            return self.gathered().to(device, non_blocking)
+
         def moved(t: Tensor) -> Tensor:
             return t.to(device, non_blocking=non_blocking)
         return TokenCache(tuple(map(moved, self.keys)), tuple(map(moved, self.values)),
-                          moved(self.padding), moved(self.embedding), self.room)
+                          moved(self.padding), moved(self.embedding), self.room,
+                          self.rows if self.rows is None else moved(self.rows))
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (a DataLoader worker's batch), an in-place batch sends its rows, not the
+        split."""
+        return dict(vars(self.gathered()))
 
     def nbytes(self) -> int:
-        return (sum(t.nbytes for t in self.keys + self.values) + self.padding.nbytes
-                + self.embedding.nbytes)
+        """The bytes of its samples' keys, values, padding and embeddings (of an in-place
+        batch: those of its rows in the split's blocks)."""
+        blocks = self.keys + self.values
+        held = (sum(t.nbytes for t in blocks) if self.rows is None
+                else len(self) * sum(t[0, :, :self.padding.shape[1]].nbytes for t in blocks))
+        return held + self.padding.nbytes + self.embedding.nbytes
 
     def __len__(self) -> int:
-        return self.keys[0].shape[0]
+        return self.padding.shape[0]
 
 
 @contextlib.contextmanager
@@ -247,32 +318,57 @@ def _times_block_t(block: Tensor, x: Tensor) -> Tensor:
     return x @ block.transpose(-2, -1)
 
 
+def _times_keys_t(x: Tensor, block: Tensor, own: Tensor, cached: CachedLayer) -> Tensor:
+    """x @ [cached rows; own rows]^T: (B, H, K, length + K). A gathered block already holds
+    ``own`` in its room."""
+    if cached.rows is None:
+        return _times_block_t(block, x)
+    x = x.to(block.dtype)
+    out = x.new_empty(*x.shape[:3], cached.length + own.shape[2])
+    times_rows_t(x, block, cached.rows, cached.length, out)
+    out[..., cached.length:] = x @ own.to(x.dtype).transpose(-2, -1)
+    return out
+
+
+def _mix(weights: Tensor, block: Tensor, own: Tensor, cached: CachedLayer) -> Tensor:
+    """weights @ [cached rows; own rows]: (B, H, K, Dh)."""
+    if cached.rows is None:
+        return weights @ block
+    weights = weights.to(block.dtype)
+    out = mix_rows(weights, block, cached.rows, cached.length)
+    return out.add_(weights[..., cached.length:] @ own.to(weights.dtype))
+
+
 class PromptAttention(torch.autograd.Function):
     """softmax(q [Kc; k]^T * scale) [Vc; v] for the prompts' queries, keys and values.
 
     Written out, not SDPA: with K queries against L + K keys the products are small, and
-    SDPA's fused CPU backward costs 10x the rest of the step. The prompts' keys and values
-    are written into the free rows after the L cached ones (``TokenCache.room``), so each
-    product spans all L + K keys in one call, with no concatenated copy of the cache. Written
-    as a Function because autograd would differentiate the whole blocks, L + K rows a head,
-    only to drop the L cached ones: here the backward computes the gradients of q, k and v
-    alone, from the K prompt columns of the scores.
+    SDPA's fused CPU backward costs 10x the rest of the step. The cached keys and values Kc,
+    Vc are read in place from the split's blocks (``CachedLayer.rows`` set,
+    ``mmcore.row_products``), or from the batch's gathered blocks, into whose free rows after
+    the L cached ones (``TokenCache.room``) the prompts' keys and values are written, so that
+    each product spans all L + K keys in one call, with no concatenated copy of the cache.
+    Written as a Function because autograd would differentiate the whole blocks, L + K rows a
+    head, only to drop the L cached ones: here the backward computes the gradients of q, k and
+    v alone, from the K prompt columns of the scores.
 
-    Inputs are (B, H, K, Dh) for the prompts' q, k, v and (B, H, L + K, Dh) for the blocks
-    (their last K rows are overwritten); ``mask`` is (B, 1, K, L + K) bool or None; returns
-    (B, H, K, Dh). A block serves one forward until its backward: a second forward writes
-    its rows again, and autograd then refuses the first one's backward.
+    Inputs are (B, H, K, Dh) for the prompts' q, k, v and a ``CachedLayer``; ``mask`` is
+    (B, 1, K, L + K) bool or None; returns (B, H, K, Dh). A gathered block serves one forward
+    until its backward: a second forward writes its rows again, and autograd then refuses the
+    first one's backward.
     """
 
     @staticmethod
-    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, keys: Tensor, values: Tensor,
+    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, cached: CachedLayer,
                 mask: Tensor | None, scale: float, dropout: float) -> Tensor:
         num_prompts = q.shape[2]
-        keys, values = keys.to(k.dtype), values.to(v.dtype)
-        keys[:, :, -num_prompts:].copy_(k)
-        values[:, :, -num_prompts:].copy_(v)
+        keys, values = cached.keys, cached.values
+        if cached.rows is None:  # the batch's own blocks: the prompts' rows go in their room
+            keys, values = keys.to(k.dtype), values.to(v.dtype)
+            keys[:, :, -num_prompts:].copy_(k)
+            values[:, :, -num_prompts:].copy_(v)
         q = q * scale  # scaled before the products, as timm's attention does
-        scores = _times_block_t(keys, q)  # (B, H, K, L + K)
+        scores = _times_keys_t(q, keys, k, cached)  # (B, H, K, L + K)
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         # in the scores' dtype: the CPU kernels accumulate bf16 in float32 and round once,
@@ -281,66 +377,73 @@ class PromptAttention(torch.autograd.Function):
         keep = None
         if dropout > 0:  # inverted dropout on the weights, its mask kept for the backward
             keep = torch.empty_like(weights).bernoulli_(1 - dropout).div_(1 - dropout)
-        ctx.save_for_backward(q, keys, values, weights, keep)
-        ctx.scale = scale
-        return (weights if keep is None else weights * keep) @ values
+        ctx.save_for_backward(q, k, v, keys, values, weights, keep)
+        ctx.scale, ctx.rows, ctx.length = scale, cached.rows, cached.length
+        out = _mix(weights if keep is None else weights * keep, values, v, cached)
+        return out.to(v.dtype)
 
     @staticmethod
     def backward(ctx: Any, d_out: Tensor) -> tuple[Tensor | None, ...]:
-        q, keys, values, weights, keep = ctx.saved_tensors
+        q, k, v, keys, values, weights, keep = ctx.saved_tensors
+        cached = CachedLayer(keys, values, ctx.rows, ctx.length)
         num_prompts = q.shape[2]
-        d_weights = _times_block_t(values, d_out)  # (B, H, K, L + K)
+        d_weights = _times_keys_t(d_out, values, v, cached)  # (B, H, K, L + K)
         kept = weights[..., -num_prompts:]  # the weights of the prompts' values
         if keep is not None:
             d_weights, kept = d_weights * keep, kept * keep[..., -num_prompts:]
         # softmax's own backward kernel (float32 inside): one pass for the formula's six
         d_scores = torch._softmax_backward_data(d_weights, weights, -1, weights.dtype)
-        d_q = (d_scores @ keys) * ctx.scale
-        d_k = d_scores[..., -num_prompts:].transpose(-2, -1) @ q
-        d_v = kept.transpose(-2, -1) @ d_out
-        return d_q, d_k, d_v, None, None, None, None, None
+        d_q = _mix(d_scores, keys, k, cached) * ctx.scale
+        d_k = d_scores[..., -num_prompts:].transpose(-2, -1) @ q.to(d_scores.dtype)
+        d_v = kept.transpose(-2, -1) @ d_out.to(kept.dtype)
+        return d_q.to(q.dtype), d_k.to(k.dtype), d_v.to(v.dtype), None, None, None, None
 
 
-def _attend(q: Tensor, keys: Tensor, values: Tensor, k: Tensor, v: Tensor,
-            mask: Tensor | None, heads: int, dropout: float = 0.0,
-            scale: float | None = None) -> Tensor:
+def _attend(q: Tensor, k: Tensor, v: Tensor, cached: CachedLayer, mask: Tensor | None,
+            heads: int, dropout: float = 0.0, scale: float | None = None) -> Tensor:
     """Multi-head attention of the prompts' queries over [cached originals; prompts].
 
-    The prompts' projections are (B, K, D), the blocks (B, H, L + K, Dh); returns the
-    (B, K, D) attention output before the output projection.
+    The prompts' projections are (B, K, D); returns the (B, K, D) attention output before the
+    output projection.
     """
     def split(t: Tensor) -> Tensor:  # (B, K, D) -> (B, H, K, D / H)
         return t.unflatten(-1, (heads, -1)).transpose(1, 2)
 
     q = split(q)
-    out = PromptAttention.apply(q, split(k), split(v), keys, values, mask,
+    out = PromptAttention.apply(q, split(k), split(v), cached, mask,
                                 scale or q.shape[-1] ** -0.5, dropout)
     return out.transpose(1, 2).flatten(2)  # (B, K, D)
 
 
-def vit_block_prompts(block: nn.Module, x: Tensor, keys: Tensor, values: Tensor,
+def vit_block_prompts(block: nn.Module, x: Tensor, cached: CachedLayer,
                        mask: Tensor | None) -> Tensor:
-    """One timm ``Block`` on the prompt tokens only (the same arithmetic as ``Block.forward``);
-    ``keys`` and ``values`` are the layer's blocks with room for the prompts'."""
+    """One timm ``Block`` on the prompt tokens only (the same arithmetic as ``Block.forward``),
+    over the layer's cached keys and values."""
     attn = block.attn
     q, k, v = attn.qkv(block.norm1(x)).chunk(3, dim=-1)  # (B, K, D) each
     heads = attn.num_heads
     q = attn.q_norm(q.unflatten(-1, (heads, -1))).flatten(2)
     k = attn.k_norm(k.unflatten(-1, (heads, -1))).flatten(2)
-    keys = attn.k_norm(keys.to(k.dtype))  # (B, H, L + K, Dh), normed per head as timm's
-    out = _attend(q, keys, values, k, v, mask, heads,
-                  attn.attn_drop.p if attn.training else 0.0)
+    if normalizes_keys(block):  # the cached keys too, per head as timm's (a gathered block)
+        cached = cached._replace(keys=attn.k_norm(cached.keys.to(k.dtype)))
+    out = _attend(q, k, v, cached, mask, heads, attn.attn_drop.p if attn.training else 0.0)
     x = x + block.drop_path1(block.ls1(attn.proj_drop(attn.proj(attn.norm(out)))))
     return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
 
 
-def bert_layer_prompts(layer: nn.Module, x: Tensor, keys: Tensor, values: Tensor,
+def normalizes_keys(block: nn.Module) -> bool:
+    """Whether a timm ``Block`` normalises its keys (``qk_norm``): its cached keys must then be
+    normalised at every step, so a batch of them is gathered, never read in place."""
+    return not isinstance(block.attn.k_norm, nn.Identity)
+
+
+def bert_layer_prompts(layer: nn.Module, x: Tensor, cached: CachedLayer,
                         mask: Tensor | None) -> Tensor:
-    """One HF ``BertLayer`` on the prompt tokens only (post-norm, as ``BertLayer.forward``);
-    ``keys`` and ``values`` are the layer's blocks with room for the prompts'."""
+    """One HF ``BertLayer`` on the prompt tokens only (post-norm, as ``BertLayer.forward``),
+    over the layer's cached keys and values."""
     sa = layer.attention.self
-    out = _attend(sa.query(x), keys, values, sa.key(x), sa.value(x), mask,
-                  sa.num_attention_heads, sa.dropout.p if sa.training else 0.0, sa.scaling)
+    out = _attend(sa.query(x), sa.key(x), sa.value(x), cached, mask, sa.num_attention_heads,
+                  sa.dropout.p if sa.training else 0.0, sa.scaling)
     x = layer.attention.output(out, x)
     return layer.output(layer.intermediate(x), x)
 
@@ -356,14 +459,17 @@ def prompt_mask(padding: Tensor, num_prompts: int, see_each_other: bool) -> Tens
 
 
 __all__ = [
+    "CachedLayer",
     "FrozenLinears",
     "PackedLinear",
     "PromptAttention",
     "TokenCache",
     "bert_layer_prompts",
     "compute_dtype",
+    "normalizes_keys",
     "packs_linears",
     "prompt_mask",
+    "reads_in_place",
     "recording_keys_values",
     "vit_block_prompts",
 ]

@@ -21,8 +21,8 @@ from torch import Tensor
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from mmcore.cached_forward import (FrozenLinears, TokenCache, bert_layer_prompts,
-                                   compute_dtype, prompt_mask, recording_keys_values,
-                                   vit_block_prompts)
+                                   compute_dtype, normalizes_keys, prompt_mask,
+                                   recording_keys_values, vit_block_prompts)
 from mmcore.choice_lists import TextPooling, check_choice
 from mmcore.config import ModelConfig
 from mmcore.prompts import ReadOnlyPrompts, read_only_mask
@@ -103,15 +103,18 @@ class ImageEncoder(nn.Module):
 
     def forward_cached(self, cache: TokenCache) -> EncoderOutput:
         """The prompts alone through every layer, attending to the cached original tokens
-        (in a batch's blocks with room for the prompts, as ``CachedCollator`` gathers them;
-        a cache without that room is copied once into one that has it)."""
+        (read in place, or in a batch's blocks with room for the prompts, as ``CachedCollator``
+        takes them: ``TokenCache.batch``; a gathered cache without that room is copied once
+        into one that has it)."""
         cache = cache.with_room(self.prompt_length)
+        if any(map(normalizes_keys, self.backbone.blocks)):
+            cache = cache.gathered()
         dtype = compute_dtype(cache.embedding.device)
         x = self.prompts(len(cache)).to(dtype)  # (B, K, D)
         mask = prompt_mask(cache.padding, self.prompt_length, self.prompts_see_each_other)
         with self.frozen_linears.applied(self.backbone, dtype):
             for i, block in enumerate(self.backbone.blocks):
-                x = vit_block_prompts(block, x, cache.keys[i], cache.values[i], mask)
+                x = vit_block_prompts(block, x, cache.layer(i), mask)
         return EncoderOutput(cache.embedding, self.backbone.norm(x))
 
 
@@ -219,15 +222,14 @@ class TextEncoder(nn.Module):
 
     def forward_cached(self, cache: TokenCache) -> EncoderOutput:
         """The prompts alone through every layer, attending to the cached original tokens
-        (in a batch's blocks with room for the prompts, as ``CachedCollator`` gathers them;
-        a cache without that room is copied once into one that has it)."""
+        (as ``ImageEncoder.forward_cached``)."""
         cache = cache.with_room(self.prompt_length)
         dtype = compute_dtype(cache.embedding.device)
         x = self.prompts(len(cache)).to(dtype)  # (B, K, D)
         mask = prompt_mask(cache.padding, self.prompt_length, self.prompts_see_each_other)
         with self.frozen_linears.applied(self.backbone, dtype):
             for i, layer in enumerate(self.backbone.encoder.layer):
-                x = bert_layer_prompts(layer, x, cache.keys[i], cache.values[i], mask)
+                x = bert_layer_prompts(layer, x, cache.layer(i), mask)
         return EncoderOutput(cache.embedding, x)
 
 

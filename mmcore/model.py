@@ -186,7 +186,7 @@ class FusionModel(nn.Module):
             if rows.numel() and batch.image_tokens is not None:  # frozen: prompts only
                 tokens = batch.image_tokens
                 out = self.image_encoder.forward_cached(tokens if rows.numel() == len(batch)
-                                                        else tokens.select(rows, tokens.room))
+                                                        else tokens.batch(rows, tokens.room))
             elif rows.numel():
                 out = self.image_encoder(batch.pixel_values[rows])
             image_emb, pred_text, read_image = self._predict_and_scatter(
@@ -197,7 +197,7 @@ class FusionModel(nn.Module):
             if rows.numel() and batch.text_tokens is not None:
                 tokens = batch.text_tokens
                 out = self.text_encoder.forward_cached(tokens if rows.numel() == len(batch)
-                                                       else tokens.select(rows, tokens.room))
+                                                       else tokens.batch(rows, tokens.room))
             elif rows.numel():
                 out = self.text_encoder(*_trim_padding(batch.input_ids[rows],
                                                        batch.attention_mask[rows]))

@@ -286,12 +286,13 @@ class CachedSplit(Dataset):
 
 
 class CachedCollator:
-    """Positions -> a ``Batch`` carrying cached tokens (and no pixels or token ids), with
-    ``room`` free rows in every block for the model's prompts (``TokenCache.select``).
+    """Positions -> a ``Batch`` carrying cached tokens (and no pixels or token ids), as a step
+    reads them (``TokenCache.batch``): in place, or gathered with ``room`` free rows in every
+    block for the model's prompts.
 
-    The blocks of each batch are fresh, a few MiB a layer: the collator has this process's
-    malloc keep freed blocks for reuse (``mmcore.runtime.keep_freed_memory``), so that a step
-    reuses the last one's memory instead of faulting in new pages.
+    Gathered blocks are fresh, a few MiB a layer: the collator has this process's malloc keep
+    freed blocks for reuse (``mmcore.runtime.keep_freed_memory``), so that a step reuses the
+    last one's memory instead of faulting in new pages.
     """
 
     def __init__(self, cache: SplitCache, missing_table: MissingTable | None = None,
@@ -314,7 +315,7 @@ class CachedCollator:
                      text_tokens=self._rows(self.cache.text, index))
 
     def _rows(self, tokens: TokenCache | None, index: Tensor) -> TokenCache | None:
-        return None if tokens is None else tokens.select(index, self.room)
+        return None if tokens is None else tokens.batch(index, self.room)
 
 
 __all__ = [

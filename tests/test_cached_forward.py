@@ -2,13 +2,16 @@
 (That the whole prompt-only pass equals the full forward: tests/test_prompt_cache.py.)"""
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import torch
 import torch.nn as nn
 
 import mmcore.cached_forward as cached_forward
-from mmcore.cached_forward import (FrozenLinears, PromptAttention, TokenCache, packs_linears,
-                                   prompt_mask, recording_keys_values)
+from mmcore.cached_forward import (CachedLayer, FrozenLinears, PromptAttention, TokenCache,
+                                   packs_linears, prompt_mask, reads_in_place,
+                                   recording_keys_values)
 from mmcore.prompts import read_only_mask
 
 
@@ -60,6 +63,50 @@ def test_select_leaves_room_after_the_cached_rows_and_with_room_copies_only_when
     assert torch.equal(roomy.keys[0][:, :, :2], blocks[0][:, :, :2])
 
 
+def _split(dtype: torch.dtype = torch.float32) -> TokenCache:
+    """Four samples of 2 layers, 2 heads, up to 3 tokens of Dh = 4; sample 1 has one token."""
+    g = torch.Generator().manual_seed(0)
+    padding = torch.tensor([[True, True, False], [True, False, False], [True, True, True],
+                            [True, True, False]])
+    blocks = [torch.randn(4, 2, 3, 4, generator=g, dtype=dtype) for _ in range(4)]
+    return TokenCache(tuple(blocks[:2]), tuple(blocks[2:]), padding,
+                      torch.randn(4, 5, generator=g, dtype=dtype))
+
+
+def test_a_float32_cpu_batch_is_read_in_place_and_gathered_only_to_leave():
+    split = _split()
+    step = split.batch(torch.tensor([3, 1]), room=2)
+    assert step.rows.tolist() == [3, 1] and step.room == 2 and len(step) == 2
+    assert all(a is b for a, b in zip(step.keys + step.values, split.keys + split.values))
+    assert step.padding.tolist() == [[True, True], [True, False]]  # trimmed to 2 tokens
+    assert torch.equal(step.embedding, split.embedding[[3, 1]])
+    inner = step.batch(torch.tensor([1]))  # the model's rows that have the modality
+    assert inner.rows.tolist() == [1] and inner.padding.shape == (1, 1)
+    copy = step.gathered()
+    assert copy.rows is None and copy.room == 2 and copy.keys[0].shape == (2, 2, 2 + 2, 4)
+    expected = split.select(torch.tensor([3, 1]), room=2)
+    assert all(torch.equal(a[:, :, :2], b[:, :, :2])
+               for a, b in zip(copy.keys + copy.values, expected.keys + expected.values))
+    assert torch.equal(inner.gathered().keys[1], split.keys[1][[1], :, :1])
+    assert step.with_room(5).rows is step.rows and step.with_room(5).keys is step.keys
+    assert step.to("cpu").keys[0] is split.keys[0]  # staying on the CPU: still in place
+    assert step.nbytes() == expected.nbytes() - sum(t[:, :, 2:].nbytes
+                                                    for t in expected.keys + expected.values)
+    sent = pickle.loads(pickle.dumps(step))  # a DataLoader worker's batch: its rows, not the split
+    assert sent.rows is None and torch.equal(sent.values[0][:, :, :2], copy.values[0][:, :, :2])
+    assert sent.keys[0].untyped_storage().nbytes() == copy.keys[0].nbytes  # not the split's
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_other_batches_are_gathered(dtype):
+    split = _split(dtype)
+    assert not reads_in_place(split.keys[0])
+    step = split.batch(torch.tensor([2, 0]), room=1)
+    assert step.rows is None and step.keys[0].shape == (2, 2, 3 + 1, 4)
+    assert torch.equal(step.keys[0][:, :, :3], split.keys[0][[2, 0]])
+    assert not reads_in_place(split.keys[0][:, :, :2])  # not contiguous
+
+
 def test_from_layers_splits_heads_one_block_per_layer():
     keys = [torch.randn(3, 5, 8) for _ in range(2)]  # per layer (B, L, D), D = 2 heads x 4
     cache = TokenCache.from_layers(keys, keys, 2, torch.ones(3, 5, dtype=torch.bool),
@@ -94,8 +141,30 @@ def _reference_attention(q, k, v, cached_k, cached_v, mask, scale):
     return scores.softmax(-1) @ values
 
 
+def _layer(cached_k: torch.Tensor, cached_v: torch.Tensor, room: int,
+           in_place: bool) -> CachedLayer:
+    """The batch's cached keys and values as one layer reads them: gathered, with ``room``
+    rows of NaN after them, or in place, its B samples at rows B+1, 1, 3, ... of a split of
+    2B + 1 whose other samples and later tokens are NaN. Whatever holds NaN is never read."""
+    b, length = cached_k.shape[0], cached_k.shape[2]
+    if not in_place:
+        return CachedLayer(_with_room(cached_k, room), _with_room(cached_v, room), None, length)
+    rows = torch.tensor([b + 1] + list(range(1, 2 * b - 1, 2)))[:b]
+
+    def split(cached: torch.Tensor) -> torch.Tensor:
+        blocks = torch.full((2 * b + 1, *cached.shape[1:]), float("nan"), dtype=cached.dtype)
+        blocks = _with_room(blocks, 2)  # the split is longer than this batch's tokens
+        blocks[rows, :, :length] = cached
+        return blocks
+
+    return CachedLayer(split(cached_k), split(cached_v), rows, length)
+
+
+@pytest.mark.parametrize("in_place", [False, True])
 @pytest.mark.parametrize("masked", [False, True])
-def test_prompt_attention_matches_autograd_and_leaves_the_cache_alone(masked):
+def test_prompt_attention_matches_autograd_and_leaves_the_cache_alone(masked, in_place):
+    """Gathered (room for the prompts) or read in place (float32 CPU batches; here float64,
+    which gradcheck needs and the same kernels compute)."""
     g = torch.Generator().manual_seed(0)
     b, h, n, length, dh = 2, 3, 4, 5, 8
     q, k, v = (torch.randn(b, h, n, dh, generator=g, dtype=torch.float64, requires_grad=True)
@@ -105,37 +174,46 @@ def test_prompt_attention_matches_autograd_and_leaves_the_cache_alone(masked):
     padding = torch.ones(b, length, dtype=torch.bool)
     padding[0, 3:] = False
     mask = prompt_mask(padding, n, True) if masked else None
-    keys, values = _with_room(cached_k, n), _with_room(cached_v, n)
-    out = PromptAttention.apply(q, k, v, keys, values, mask, 0.3, 0.0)
+    layer = _layer(cached_k, cached_v, n, in_place)
+    before = layer.keys.clone()
+    out = PromptAttention.apply(q, k, v, layer, mask, 0.3, 0.0)
     torch.testing.assert_close(out, _reference_attention(q, k, v, cached_k, cached_v, mask, 0.3))
-    assert torch.equal(keys[:, :, :length], cached_k)  # the cached rows are only read
-    assert torch.equal(values[:, :, length:], v.detach())  # the room holds the prompts'
-    assert torch.autograd.gradcheck(
-        lambda *t: PromptAttention.apply(*t, keys.clone(), values.clone(), mask, 0.3, 0.0),
-        (q, k, v))
+    if in_place:  # the split's blocks are only read
+        assert torch.equal(layer.keys.nan_to_num(), before.nan_to_num())
+    else:  # the cached rows are only read; the room holds the prompts'
+        assert torch.equal(layer.keys[:, :, :length], cached_k)
+        assert torch.equal(layer.values[:, :, length:], v.detach())
+
+    def attention(*qkv: torch.Tensor) -> torch.Tensor:
+        fresh = layer._replace(keys=layer.keys.clone(), values=layer.values.clone())
+        return PromptAttention.apply(*qkv, fresh, mask, 0.3, 0.0)
+
+    assert torch.autograd.gradcheck(attention, (q, k, v))
 
 
 def test_a_block_serves_one_forward_until_its_backward():
     q, k, v = (torch.randn(1, 1, 2, 4, requires_grad=True) for _ in range(3))
-    keys, values = _with_room(torch.randn(1, 1, 3, 4), 2), _with_room(torch.randn(1, 1, 3, 4), 2)
-    first = PromptAttention.apply(q, k, v, keys, values, None, 0.5, 0.0)
-    PromptAttention.apply(q, k * 2, v, keys, values, None, 0.5, 0.0)  # rewrites the room
+    layer = _layer(torch.randn(1, 1, 3, 4), torch.randn(1, 1, 3, 4), 2, in_place=False)
+    first = PromptAttention.apply(q, k, v, layer, None, 0.5, 0.0)
+    PromptAttention.apply(q, k * 2, v, layer, None, 0.5, 0.0)  # rewrites the room
     with pytest.raises(RuntimeError, match="inplace"):
         first.sum().backward()
 
 
-def test_prompt_attention_dropout_backpropagates_through_its_mask():
+@pytest.mark.parametrize("in_place", [False, True])
+def test_prompt_attention_dropout_backpropagates_through_its_mask(in_place):
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 2, 3, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
-    cached = _with_room(torch.randn(2, 2, 5, 4, dtype=torch.float64), 3)
+    cached = torch.randn(2, 2, 5, 4, dtype=torch.float64)
+    layer = _layer(cached, cached, 3, in_place)
 
-    def dropped(*qkv: torch.Tensor) -> torch.Tensor:  # gradcheck reruns it: one dropout mask
-        torch.manual_seed(1)
-        return PromptAttention.apply(*qkv, cached.clone(), cached.clone(), None, 0.5, 0.5)
+    def attention(*qkv: torch.Tensor, dropout: float = 0.5) -> torch.Tensor:
+        torch.manual_seed(1)  # gradcheck reruns it: one dropout mask
+        fresh = layer._replace(keys=layer.keys.clone(), values=layer.values.clone())
+        return PromptAttention.apply(*qkv, fresh, None, 0.5, dropout)
 
-    whole = PromptAttention.apply(q, k, v, cached.clone(), cached.clone(), None, 0.5, 0.0)
-    assert not torch.allclose(dropped(q, k, v), whole)
-    assert torch.autograd.gradcheck(dropped, (q, k, v))
+    assert not torch.allclose(attention(q, k, v), attention(q, k, v, dropout=0.0))
+    assert torch.autograd.gradcheck(attention, (q, k, v))
 
 
 def _net() -> nn.Sequential:
