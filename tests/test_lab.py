@@ -104,10 +104,15 @@ def test_lab_is_headless_and_token_protected(lab: Lab) -> None:
 
 
 def test_lab_default_kernel_is_the_venvs(lab: Lab) -> None:
+    """The spec names the venv's interpreter, or (ipykernel 6) "python", which jupyter_client
+    launches as the server's own: the venv's (test_notebook_kernel_runs_in_the_repository_root
+    checks the kernel that starts)."""
     specs = lab.request("/api/kernelspecs")
     assert specs["default"] == "python3"
     argv = specs["kernelspecs"]["python3"]["spec"]["argv"]
-    assert Path(argv[0]).resolve().parent == Path(sys.executable).resolve().parent
+    launched = sys.executable if argv[0] == "python" else argv[0]
+    assert Path(launched).resolve().parent == Path(sys.executable).resolve().parent
+    assert argv[1:3] == ["-m", "ipykernel_launcher"]
 
 
 def _execute(lab: Lab, kernel_id: str, code: str, timeout_s: float = 60) -> str:
