@@ -137,8 +137,9 @@ class TokenCache:
                            self.padding.shape[1])
 
     def with_room(self, room: int) -> "TokenCache":
-        """This cache with exactly ``room`` free rows: itself, a view of fewer, or a copy (an
-        in-place batch needs none: the prompts' keys and values never enter the blocks)."""
+        """This cache with exactly ``room`` free rows: itself, a view of fewer, or ``batch`` of
+        all its rows (a copy, or in place where ``reads_in_place``: an in-place batch only
+        records ``room``, as the prompts' keys and values never enter its blocks)."""
         if self.room == room:
             return self
         if self.rows is not None:
