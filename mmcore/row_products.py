@@ -8,12 +8,13 @@ by MKL's batched product, that took 2 gathers and 4 products, 206 ms over the 12
 a ViT-S/14 at 224 px (batch 32, K = 6, 2 threads on an AVX2 EPYC); these loops, reading each
 sample's rows in place, 54 ms. MKL spends most of its time per tiny product, not on the
 data, and a gather writes and reads every row once more. Compiled by numba on first use and
-cached on disk; parallel over samples and heads on as many threads as torch uses.
+cached on disk; parallel over samples and heads on as many threads as torch uses, serial
+on one.
 """
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -25,14 +26,23 @@ _FASTMATH = {"reassoc", "contract"}
 
 
 @functools.cache
-def _kernels() -> tuple[Callable, Callable]:
-    """The two loops, compiled for this host (imported here: numba takes a second to load)."""
+def _kernels(parallel: bool) -> tuple[Callable, Callable]:
+    """The two loops compiled for this host, parallel over samples and heads or serial.
+
+    Imported here: numba takes a second to load. Serial loops never start numba's OpenMP
+    team, whose threads spin while they wait for work: on two cores shared with one other
+    busy process, the parallel loops on one thread made chapter 05's small run take 418 s,
+    the serial ones 91 s.
+    """
     import numba
 
-    @numba.njit(parallel=True, fastmath=_FASTMATH, cache=True)
+    # Also what tells the two apart in numba's disk cache, which keys on closure contents.
+    jobs = numba.prange if parallel else range
+
+    @numba.njit(parallel=parallel, fastmath=_FASTMATH, cache=True)
     def times_rows_t(x, blocks, rows, length, out):
         batch, heads, queries, dim = x.shape
-        for job in numba.prange(batch * heads):
+        for job in jobs(batch * heads):
             b, h = job // heads, job % heads
             cached = blocks[rows[b], h]
             for t in range(length):
@@ -43,10 +53,10 @@ def _kernels() -> tuple[Callable, Callable]:
                         total += x[b, h, k, d] * row[d]
                     out[b, h, k, t] = total
 
-    @numba.njit(parallel=True, fastmath=_FASTMATH, cache=True)
+    @numba.njit(parallel=parallel, fastmath=_FASTMATH, cache=True)
     def mix_rows(weights, blocks, rows, length, out):
         batch, heads, queries, dim = out.shape
-        for job in numba.prange(batch * heads):
+        for job in jobs(batch * heads):
             b, h = job // heads, job % heads
             cached, acc = blocks[rows[b], h], out[b, h]
             acc[:] = 0.0
@@ -64,11 +74,15 @@ def _array(t: Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
-def _run(kernel: Callable, *args: object) -> None:
+def _loops() -> tuple[Callable, Callable]:
+    """The loops for as many threads as torch uses: serial on one."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        return _kernels(parallel=False)
     import numba
 
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    kernel(*args)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    return _kernels(parallel=True)
 
 
 def times_rows_t(x: Tensor, blocks: Tensor, rows: Tensor, length: int, out: Tensor) -> None:
@@ -82,7 +96,7 @@ def times_rows_t(x: Tensor, blocks: Tensor, rows: Tensor, length: int, out: Tens
         length: how many cached tokens each sample of the batch has (after trimming).
         out: (B, H, K, >= length) float32, contiguous; its later columns are left alone.
     """
-    _run(_kernels()[0], _array(x), blocks.numpy(), rows.numpy(), length, out.numpy())
+    _loops()[0](_array(x), blocks.numpy(), rows.numpy(), length, out.numpy())
 
 
 def mix_rows(weights: Tensor, blocks: Tensor, rows: Tensor, length: int) -> Tensor:
@@ -93,7 +107,7 @@ def mix_rows(weights: Tensor, blocks: Tensor, rows: Tensor, length: int) -> Tens
         blocks, rows, length: as for ``times_rows_t``.
     """
     out = weights.new_empty(*weights.shape[:3], blocks.shape[3])
-    _run(_kernels()[1], _array(weights), blocks.numpy(), rows.numpy(), length, out.numpy())
+    _loops()[1](_array(weights), blocks.numpy(), rows.numpy(), length, out.numpy())
     return out
 
 
