@@ -105,8 +105,14 @@ def standin_url(standin_site: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def browser_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    """A Chromium context on a fresh profile that records every request and every local error."""
+def browser_log(tmp_path_factory: pytest.TempPathFactory, site: Path) -> Iterator[dict]:
+    """A Chromium context on a fresh profile that records every request and every local error.
+
+    It takes ``site`` so that the chapter runs before playwright starts its event loop in this
+    thread. Under that loop papermill runs in jupyter_core's runner thread, and three of six
+    full-suite runs stopped for good there, in this fixture's run of chapter 04: the kernel
+    idle, papermill waiting on it. No other execution of a chapter ever stopped.
+    """
     if not CHROMIUM.is_file():
         pytest.fail(f"{CHROMIUM} not found: `make setup` installs Debian's chromium (as root)")
     from playwright.sync_api import sync_playwright
