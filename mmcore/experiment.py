@@ -79,7 +79,7 @@ class Experiment:
     def set_fill_means(self) -> None:
         """Set the model's mean fills from its encoders as trained (one pass over train)."""
         emb, labels = _frozen_embeddings(self.cfg, self.model, self.datasets["train"],
-                                         self.token_caches)
+                                         self.token_caches, reads=False)
         initialise_from_probes(self.model, emb, labels, emb, labels, fit=False)
 
     def encode(self, split: str = "test") -> EmbeddingCache:
@@ -128,11 +128,16 @@ def _loader(cfg: Config, dataset: MultimodalDataset, train: bool, table: Missing
 
 
 def _frozen_embeddings(cfg: Config, model: FusionModel, dataset: MultimodalDataset,
-                       caches: dict[str, SplitCache], table: MissingTable | None = None
-                       ) -> tuple[Embeddings, Tensor]:
+                       caches: dict[str, SplitCache], table: MissingTable | None = None,
+                       reads: bool = True) -> tuple[Embeddings, Tensor]:
     """A split's embeddings and labels as the model's encoders give them now, with the
-    availability the split has in training (real, then ``table``'s, if given)."""
-    if uses_token_cache(cfg) and cfg.model.predict_from == "cls":  # no prompt pass needed
+    availability the split has in training (real, then ``table``'s, if given).
+
+    ``reads=False`` asks only for the encoders' embeddings (the mean fills), not for what the
+    predictors read: a token cache holds those embeddings, so no prompt pass is run.
+    """
+    cls = cfg.model.predict_from == "cls"
+    if uses_token_cache(cfg) and (cls or not reads):  # no prompt pass needed
         cache = caches[dataset.split]
         # a modality no row of the split has was never encoded: zeros, marked absent
         image, text = (None if encoder is None else c.embedding.float() if c is not None
@@ -140,7 +145,8 @@ def _frozen_embeddings(cfg: Config, model: FusionModel, dataset: MultimodalDatas
                        for c, encoder in ((cache.image, model.image_encoder),
                                           (cache.text, model.text_encoder)))
         emb = Embeddings(image, text, None, None, cache.has_image, cache.has_text,
-                         read_image=image, read_text=text)  # what the cls predictors read
+                         read_image=image if cls else None,  # what the cls predictors read
+                         read_text=text if cls else None)
         positions, labels = torch.arange(len(cache)), cache.labels
     else:
         device = resolve_device(cfg.run.device)
@@ -174,10 +180,12 @@ def build_and_train(cfg: Config, datasets: dict[str, MultimodalDataset] | None =
                    _loader(cfg, val_ds, False, tables["val"], model, caches))
         fresh = not (run_dir / LAST).exists()
         fit = fresh and cfg.optim.probe_init
-        # mean fills and closed-form starts need the frozen embeddings: free from a token
-        # cache, one encoding pass of train and val otherwise
+        # mean fills and closed-form starts need the frozen embeddings: the mean fills' come
+        # free from a token cache (which sets them for every run, also a finished one: they
+        # are not saved), the closed-form starts' take one encoding pass of train and val
         if fit or cfg.model.fill == "mean" or uses_token_cache(cfg):
-            train_emb, val_emb = (_frozen_embeddings(cfg, model, ds, caches, tables[ds.split])
+            train_emb, val_emb = (_frozen_embeddings(cfg, model, ds, caches, tables[ds.split],
+                                                     reads=fit)
                                   for ds in (train_ds, val_ds))
             fits = initialise_from_probes(model, *train_emb, *val_emb, fit=fit)
             if fits and distributed_env().is_main:

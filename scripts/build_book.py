@@ -9,11 +9,18 @@ Each notebook runs at the defaults of its ``parameters`` cell, which mirror ``Co
 notebook is executed again only when its source or any ``mmcore`` source changed since its
 executed copy was written: the copy records a fingerprint of both.
 
+Chapters run two at a time (``--jobs``), each kernel on its share of the cores: much of a
+chapter is single-threaded (imports, data, plots, Python between the products), so on two
+cores two one-thread kernels did the same work in 48 s that two two-thread runs took 72 s
+one after the other. A chapter that reads the runs another one trains starts after it
+(``AFTER``).
+
 The site gets repository and issues buttons when ``repository.url`` is set in ``_config.yml``
 (or ``--repository-url`` is given); without a URL it has neither.
 
     python scripts/build_book.py                 # what `make book` runs
     python scripts/build_book.py --only 04_robustness
+    python scripts/build_book.py --jobs 1        # one chapter at a time, on every core
     python scripts/build_book.py --no-execute    # re-render the existing executed copies
     python scripts/build_book.py --no-execute --repository-url https://github.com/you/mmcore
 """
@@ -21,9 +28,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import multiprocessing
+import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -39,6 +50,15 @@ CONFIG = ROOT / "_config.yml"
 STAGING = ROOT / "_build" / "executing"  # where a notebook runs; a failed run stays here
 
 FINGERPRINT_KEY = "mmcore_build"  # notebook metadata key holding the fingerprint
+
+# Chapters that read or train runs another chapter trains start once it has finished, never
+# beside it: two kernels training one run folder would race. Chapter 04 retrains nothing of
+# 03's, as long as 03 has finished: the CLS-token and frozen runs, and emoji's.
+AFTER: dict[str, tuple[str, ...]] = {
+    "03_embeddings": ("02_training",),
+    "04_robustness": ("02_training", "03_embeddings"),
+    "06_design": ("02_training",),
+}
 
 
 def fingerprint(source: Path) -> str:
@@ -177,6 +197,52 @@ def remove_stale_chapters(sources: Sequence[Path]) -> None:
             executed.unlink()
 
 
+def run_chapters(names: Sequence[str], run: Callable[[str], Any], executor: Executor,
+                 jobs: int, after: dict[str, tuple[str, ...]] = AFTER,
+                 report: Callable[[str], None] = print) -> str:
+    """Run ``run(name)`` for every chapter on ``executor``, at most ``jobs`` at once, each
+    after the chapters ``after`` says it needs (those among ``names``; the others are taken
+    as done).
+
+    A chapter that others wait for starts first, so that the longest chain is never left
+    to run alone at the end. After a failure no chapter starts; those running finish.
+
+    Returns:
+        "" when every chapter ran, else the first failure's message.
+    """
+    waiting = list(names)
+    needs = {name: {n for n in after.get(name, ()) if n in waiting} for name in waiting}
+    needed = {n for wanted in needs.values() for n in wanted}
+    running: dict[Future, tuple[str, float]] = {}
+    failure = ""
+    while waiting or running:
+        ready = [n for n in waiting if not needs[n]] if not failure else []
+        for name in sorted(ready, key=lambda n: n not in needed)[:jobs - len(running)]:
+            waiting.remove(name)
+            report(f"{name}: executing")
+            running[executor.submit(run, name)] = (name, time.perf_counter())
+        if not running:
+            break  # a failure left the rest unstarted
+        done, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in done:
+            name, t0 = running.pop(future)
+            if (err := future.exception()) is not None:
+                message = str(err) if str(err).startswith(name) else (
+                    f"{name} failed: {type(err).__name__}: {err}")
+                failure = failure or message
+                continue
+            report(f"{name}: done in {time.perf_counter() - t0:.1f} s")
+            for wanted in needs.values():
+                wanted.discard(name)
+    return failure
+
+
+def _execute_chapter(name: str) -> None:
+    """Execute ``notebooks/<name>.ipynb`` into ``book/chapters`` (in a worker process)."""
+    source = NOTEBOOKS / f"{name}.ipynb"
+    execute(source, CHAPTERS / source.name, {}, fingerprint(source), progress=False)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", default=[], metavar="NAME",
@@ -186,6 +252,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true",
                         help="execute even when an executed copy is up to date")
     parser.add_argument("--no-build", action="store_true", help="execute only; skip jupyter-book")
+    parser.add_argument("--jobs", type=int, default=2, metavar="N",
+                        help="chapters executed at once, each kernel on its share of the cores "
+                             "(default 2; 1: one at a time)")
     parser.add_argument("--repository-url", default="", metavar="URL",
                         help="the book's repository (overrides repository.url of _config.yml); "
                              "turns on the repository and issues buttons")
@@ -195,22 +264,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     sources = select(args.only)
     if not args.only:
         remove_stale_chapters(sources)
-    if not args.no_execute:
-        for i, source in enumerate(sources, 1):
-            dest = CHAPTERS / source.name
-            stamp = fingerprint(source)
-            tag = f"[{i}/{len(sources)}] {source.stem}"
-            if not args.force and is_current(dest, stamp):
-                print(f"{tag}: up to date")
-                continue
-            print(f"{tag}: executing", flush=True)
-            t0 = time.perf_counter()
-            try:
-                execute(source, dest, {}, stamp)
-            except RuntimeError as err:
-                print(f"build_book: {err}", file=sys.stderr)
-                return 1
-            print(f"{tag}: done in {time.perf_counter() - t0:.1f} s", flush=True)
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}: give 1 or more")
+    stale = [] if args.no_execute else [
+        p.stem for p in sources if args.force or not is_current(CHAPTERS / p.name, fingerprint(p))]
+    if stale:
+        print(f"executing {', '.join(stale)}; up to date: "
+              f"{', '.join(p.stem for p in sources if p.stem not in stale) or 'none'}")
+        jobs = min(args.jobs, len(stale))
+        cores = len(os.sched_getaffinity(0))
+        for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # inherited by each kernel
+            os.environ.setdefault(variable, str(max(1, cores // jobs)))
+        # fork: the workers need no re-import, and this process has started no thread yet
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+            failure = run_chapters(stale, _execute_chapter, pool, jobs,
+                                   report=lambda line: print(line, flush=True))
+        if failure:
+            print(f"build_book: {failure}", file=sys.stderr)
+            return 1
     if not args.no_build:
         print("building the site with jupyter-book", flush=True)
         try:

@@ -4,8 +4,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
+from mmcore import experiment
 from mmcore.config import Config
+from mmcore.evaluation import collect
 from mmcore.experiment import METHODS, load_datasets, method_config, run
 from mmcore.missing import MissingTable
 
@@ -29,7 +32,7 @@ def test_batch_larger_than_the_training_split_is_named():
 
 
 @pytest.mark.slow
-def test_run_trains_sweeps_and_reloads_without_retraining(tmp_path, mmcore_cache):
+def test_run_trains_sweeps_and_reloads_without_retraining(tmp_path, mmcore_cache, monkeypatch):
     cfg = Config.from_params(out_dir=str(tmp_path / "run"), **TINY)
     exp = run(cfg, rates=(0.0, 0.7), seeds=(0, 1))
     folder = exp.run_dir
@@ -50,6 +53,12 @@ def test_run_trains_sweeps_and_reloads_without_retraining(tmp_path, mmcore_cache
 
     last = folder / "checkpoints" / "last.safetensors"
     stamp = last.stat().st_mtime_ns
+    passes = []  # encoding passes over a split
+    monkeypatch.setattr(experiment, "collect", lambda *a, **k: passes.append(a) or collect(*a, **k))
     again = run(cfg, rates=(0.0, 0.7), seeds=(0, 1))
     assert last.stat().st_mtime_ns == stamp  # loaded, not retrained (training rewrites it)
     assert again.sweep_rows == exp.sweep_rows
+    # its mean fills (not saved) come from the token cache's embeddings, without a prompt pass
+    assert passes == []
+    torch.testing.assert_close(again.model.mean_image, exp.model.mean_image)
+    torch.testing.assert_close(again.model.mean_text, exp.model.mean_text)

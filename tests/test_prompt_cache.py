@@ -142,6 +142,23 @@ def test_split_cache_round_trips_through_disk_in_memory_and_mapped(tmp_path):
     assert load_split_cache(tmp_path / "c", 1e12) is None
 
 
+def test_a_second_save_of_the_same_cache_keeps_the_first_whole_copy(tmp_path):
+    """Two book chapters that encode the same split at once both save it: one copy stays,
+    whole, and no temporary folder is left; an unfinished folder is replaced."""
+    cache, _ = _split_cache(_tiny_model())
+    folder = tmp_path / "c"
+    folder.mkdir()
+    (folder / "labels.npy").write_bytes(b"cut short")  # an interrupted writer: no meta.json
+    save_split_cache(cache, folder)
+    first = (folder / "meta.json").stat().st_ino
+    save_split_cache(cache, folder)
+    assert (folder / "meta.json").stat().st_ino == first
+    assert [p.name for p in tmp_path.iterdir()] == ["c"]
+    loaded = load_split_cache(folder, 1e12)
+    assert all(map(torch.equal, loaded.text.values, cache.text.values))
+    assert torch.equal(loaded.has_image, cache.has_image)
+
+
 def test_cache_key_changes_with_what_the_tokens_depend_on(tmp_path):
     from mmcore.data import load_dataset
 

@@ -1,0 +1,96 @@
+"""The book's chapter scheduler (``scripts/build_book.py``): chapters run side by side, each
+after the chapters whose runs it reads, and a failure starts nothing more."""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests._scripts import ROOT, load_script
+
+build_book = load_script("scripts/build_book.py")
+
+
+class Chapters:
+    """Stand-in chapters that take ``seconds`` each and record when they start and end."""
+
+    def __init__(self, seconds: dict[str, float], failing: str = "") -> None:
+        self.seconds, self.failing = seconds, failing
+        self.events: list[tuple[str, str]] = []  # ("start" | "end", name) in order
+        self._lock = threading.Lock()
+        self.most_at_once = self._running = 0
+
+    def __call__(self, name: str) -> None:
+        with self._lock:
+            self.events.append(("start", name))
+            self._running += 1
+            self.most_at_once = max(self.most_at_once, self._running)
+        time.sleep(self.seconds[name])
+        with self._lock:
+            self._running -= 1
+            self.events.append(("end", name))
+        if name == self.failing:
+            raise RuntimeError(f"{name} failed in cell 3: ValueError: bad")
+
+    def when(self, kind: str, name: str) -> int:
+        return self.events.index((kind, name))
+
+
+AFTER = {"c": ("b",), "d": ("b", "c")}
+
+
+def _run(chapters: Chapters, names: list[str], jobs: int) -> tuple[str, list[str]]:
+    lines: list[str] = []
+    with ThreadPoolExecutor(jobs) as pool:
+        failure = build_book.run_chapters(names, chapters, pool, jobs, after=AFTER,
+                                          report=lines.append)
+    return failure, lines
+
+
+def test_chapters_run_side_by_side_each_after_the_ones_it_needs():
+    chapters = Chapters({"a": 0.05, "b": 0.1, "c": 0.05, "d": 0.05, "e": 0.2})
+    failure, lines = _run(chapters, ["a", "b", "c", "d", "e"], jobs=2)
+    assert failure == ""
+    assert sorted(name for kind, name in chapters.events if kind == "end") == list("abcde")
+    assert chapters.most_at_once == 2
+    assert chapters.when("start", "c") > chapters.when("end", "b")
+    assert chapters.when("start", "d") > chapters.when("end", "c")
+    assert chapters.events[0] == ("start", "b")  # the head of the longest chain goes first
+    assert "b: executing" in lines and any(line.startswith("d: done in") for line in lines)
+
+
+def test_a_needed_chapter_that_is_up_to_date_is_not_waited_for():
+    chapters = Chapters({"c": 0.01, "d": 0.01})
+    assert _run(chapters, ["c", "d"], jobs=1)[0] == ""  # "b" is not among them: done
+    assert [name for kind, name in chapters.events if kind == "start"] == ["c", "d"]
+
+
+def test_one_job_runs_one_chapter_at_a_time():
+    chapters = Chapters({"a": 0.02, "b": 0.02, "e": 0.02})
+    assert _run(chapters, ["a", "b", "e"], jobs=1)[0] == ""
+    assert chapters.most_at_once == 1
+
+
+def test_after_a_failure_nothing_starts_and_the_running_chapter_finishes():
+    chapters = Chapters({"a": 0.3, "b": 0.02, "c": 0.02, "d": 0.02}, failing="b")
+    failure, _ = _run(chapters, ["a", "b", "c", "d"], jobs=2)
+    assert failure == "b failed in cell 3: ValueError: bad"
+    assert ("end", "a") in chapters.events  # it was running: it finished
+    assert ("start", "c") not in chapters.events and ("start", "d") not in chapters.events
+
+
+def test_an_error_that_does_not_name_its_chapter_is_named():
+    def crash(name: str) -> None:
+        raise OSError("the kernel died")
+
+    with ThreadPoolExecutor(1) as pool:
+        failure = build_book.run_chapters(["a"], crash, pool, 1, after={}, report=print)
+    assert failure == "a failed: OSError: the kernel died"
+
+
+@pytest.mark.parametrize("name", sorted(build_book.AFTER))
+def test_the_books_order_names_its_notebooks(name):
+    notebooks = {p.stem for p in (ROOT / "notebooks").glob("*.ipynb")}
+    assert {name, *build_book.AFTER[name]} <= notebooks
