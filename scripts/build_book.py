@@ -259,13 +259,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the book's repository (overrides repository.url of _config.yml); "
                              "turns on the repository and issues buttons")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}: give 1 or more")
 
     start = time.perf_counter()
     sources = select(args.only)
     if not args.only:
         remove_stale_chapters(sources)
-    if args.jobs < 1:
-        parser.error(f"--jobs {args.jobs}: give 1 or more")
     stale = [] if args.no_execute else [
         p.stem for p in sources if args.force or not is_current(CHAPTERS / p.name, fingerprint(p))]
     if stale:

@@ -94,3 +94,9 @@ def test_an_error_that_does_not_name_its_chapter_is_named():
 def test_the_books_order_names_its_notebooks(name):
     notebooks = {p.stem for p in (ROOT / "notebooks").glob("*.ipynb")}
     assert {name, *build_book.AFTER[name]} <= notebooks
+
+
+def test_no_jobs_is_refused_with_the_option_named(capsys):
+    with pytest.raises(SystemExit):
+        build_book.main(["--jobs", "0", "--no-build"])
+    assert "--jobs 0: give 1 or more" in capsys.readouterr().err
