@@ -325,7 +325,9 @@ class FusionModel(nn.Module):
                 parts = alignment_loss(pred[paired], target, self.loss_cfg)
                 align, inv = align + parts.total, inv + parts.inv
                 var, cov = var + parts.var, cov + parts.cov
-        weighted = self.loss_cfg.alpha * align
+        # at alpha = 0 (the constant-fill baselines) the alignment is logged but left out of the
+        # graph: a zero-weighted term would still run its backward through every prompt layer
+        weighted = self.loss_cfg.alpha * (align if self.loss_cfg.alpha else align.detach())
         logged = {"task": task, "align": align, "inv": inv, "var": var, "cov": cov}
         return ModelOutput(logits, task + weighted,
                            {k: float(v.detach()) for k, v in logged.items()}, task, weighted)

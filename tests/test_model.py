@@ -268,6 +268,17 @@ def test_predictors_learn_only_from_the_alignment_under_complete_data():
         assert p.grad is None or p.grad.abs().sum() == 0
 
 
+def test_a_zero_weighted_alignment_is_logged_but_sends_no_backward():
+    model = make_model(loss_cfg=LossConfig(alpha=0.0))
+    out = model(make_batch([True] * 6, [True] * 6))
+    out.loss.backward()
+    assert out.terms["align"] > 0
+    skipped = {n: p.grad for n, p in model.named_parameters()
+               if n.endswith("prompt") or n.startswith("predictors")}
+    assert len(skipped) > 2 and all(grad is None for grad in skipped.values())
+    assert model.heads["image"].fc.weight.grad.abs().sum() > 0
+
+
 def test_stop_grad_target_changes_the_target_encoders_gradient():
     grads = {}
     for stop in (False, True):
