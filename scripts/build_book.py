@@ -52,8 +52,8 @@ STAGING = ROOT / "_build" / "executing"  # where a notebook runs; a failed run s
 FINGERPRINT_KEY = "mmcore_build"  # notebook metadata key holding the fingerprint
 
 # Chapters that read or train runs another chapter trains start once it has finished, never
-# beside it: two kernels training one run folder would race. Chapter 04 retrains nothing of
-# 03's, as long as 03 has finished: the CLS-token and frozen runs, and emoji's.
+# beside it: two kernels training one run folder would race. Chapter 04 compares the runs that
+# chapter 03 trains (the CLS-token and frozen ones, emoji's) and would otherwise train them too.
 AFTER: dict[str, tuple[str, ...]] = {
     "03_embeddings": ("02_training",),
     "04_robustness": ("02_training", "03_embeddings"),
@@ -204,8 +204,9 @@ def run_chapters(names: Sequence[str], run: Callable[[str], Any], executor: Exec
     after the chapters ``after`` says it needs (those among ``names``; the others are taken
     as done).
 
-    A chapter that others wait for starts first, so that the longest chain is never left
-    to run alone at the end. After a failure no chapter starts; those running finish.
+    A chapter that others wait for starts first, so that the chain of chapters waiting for
+    each other starts as early as it can. After a failure no chapter starts; those running
+    finish.
 
     Returns:
         "" when every chapter ran, else the first failure's message.
