@@ -36,11 +36,16 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from pathlib import Path
+from queue import Empty
 from typing import Any, Sequence
 
 import nbformat
 import papermill
 import yaml
+from jupyter_client.asynchronous.client import AsyncKernelClient
+from jupyter_client.channels import AsyncZMQSocketChannel
+from jupyter_client.manager import AsyncKernelManager
+from traitlets import Type
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -59,6 +64,44 @@ AFTER: dict[str, tuple[str, ...]] = {
     "04_robustness": ("02_training", "03_embeddings"),
     "06_design": ("02_training",),
 }
+
+
+class RecheckingChannel(AsyncZMQSocketChannel):
+    """A kernel channel whose wait for the next message looks again every ``RECHECK_S``.
+
+    pyzmq's asyncio poll can miss the wake-up for a message that has already arrived; it
+    then sees it only when its timeout runs out, and papermill's is none: it waits forever.
+    That was the test suite's intermittent hang, always in chapter 04, the kernel idle.
+    Executed over and over, two at a time, a notebook with chapter 04's widget cells waited
+    out the whole timeout (45 or 30 s) in its ``widgets.interact`` cell in 4 of 82 runs, and
+    then found the reply there; re-checked every second, 3 of 44 runs waited 1.0 s there
+    and none longer.
+    """
+
+    RECHECK_S = 1.0
+
+    async def get_msg(self, timeout: float | None = None) -> dict[str, Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = self.RECHECK_S if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return await super().get_msg(timeout=min(self.RECHECK_S, left))
+            except Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+
+
+class RecheckingKernelClient(AsyncKernelClient):
+    """The kernel client nbclient drives, on ``RecheckingChannel``s for replies and output."""
+
+    shell_channel_class = Type(RecheckingChannel)
+    iopub_channel_class = Type(RecheckingChannel)
+
+
+class RecheckingKernelManager(AsyncKernelManager):
+    """The kernel manager that hands out ``RecheckingKernelClient``s (``execute`` uses it)."""
+
+    client_factory = Type(RecheckingKernelClient)
 
 
 def fingerprint(source: Path) -> str:
@@ -107,6 +150,7 @@ def execute(
             kernel_name="python3",
             cwd=str(ROOT),
             progress_bar=progress,
+            kernel_manager_class=RecheckingKernelManager,
         )
     except papermill.PapermillExecutionError as err:
         raise RuntimeError(

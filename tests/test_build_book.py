@@ -1,12 +1,17 @@
 """The book's chapter scheduler (``scripts/build_book.py``): chapters run side by side, each
-after the chapters whose runs it reads, and a failure starts nothing more."""
+after the chapters whose runs it reads, and a failure starts nothing more; and the kernel
+channels that look again for a message whose wake-up was missed."""
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from queue import Empty
 
+import nbformat
 import pytest
+from jupyter_client.channels import AsyncZMQSocketChannel
 
 from tests._scripts import ROOT, load_script
 
@@ -100,3 +105,55 @@ def test_no_jobs_is_refused_with_the_option_named(capsys):
     with pytest.raises(SystemExit):
         build_book.main(["--jobs", "0", "--no-build"])
     assert "--jobs 0: give 1 or more" in capsys.readouterr().err
+
+
+def _parent_get_msg(arrives_after: int, calls: list):
+    """A channel's own ``get_msg``: ``Empty`` for the first ``arrives_after`` polls (a message
+    whose wake-up the poll missed), then the message."""
+    async def get_msg(self, timeout=None):
+        calls.append(timeout)
+        await asyncio.sleep(min(timeout, 0.01))
+        if len(calls) <= arrives_after:
+            raise Empty
+        return {"msg_type": "execute_reply"}
+    return get_msg
+
+
+def test_a_wait_without_timeout_looks_again_every_second_until_the_message_is_seen(monkeypatch):
+    calls = []
+    monkeypatch.setattr(AsyncZMQSocketChannel, "get_msg", _parent_get_msg(3, calls))
+    channel = build_book.RecheckingChannel.__new__(build_book.RecheckingChannel)
+    assert asyncio.run(channel.get_msg()) == {"msg_type": "execute_reply"}
+    assert calls == [1.0] * 4
+
+
+def test_a_wait_with_a_timeout_still_ends_in_empty_at_its_deadline(monkeypatch):
+    calls = []
+    monkeypatch.setattr(AsyncZMQSocketChannel, "get_msg", _parent_get_msg(10**6, calls))
+    channel = build_book.RecheckingChannel.__new__(build_book.RecheckingChannel)
+    start = time.monotonic()
+    with pytest.raises(Empty):
+        asyncio.run(channel.get_msg(timeout=0.1))
+    assert 0.1 <= time.monotonic() - start < 0.5
+    assert calls[0] == pytest.approx(0.1, abs=0.01) and all(t <= 0.1 for t in calls)
+
+
+@pytest.mark.notebook
+def test_chapters_execute_on_the_rechecking_channels(tmp_path, monkeypatch):
+    seen = []
+    real = build_book.RecheckingChannel.get_msg
+
+    async def counting(self, timeout=None):
+        seen.append(timeout)
+        return await real(self, timeout)
+
+    monkeypatch.setattr(build_book.RecheckingChannel, "get_msg", counting)
+    monkeypatch.setattr(build_book, "STAGING", tmp_path / "staging")
+    source = tmp_path / "one.ipynb"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nbformat.write(nb, source)
+    build_book.execute(source, tmp_path / "out.ipynb", {}, progress=False)
+    assert seen  # nbclient waited for the reply and the output through them
+    assert "42" in nbformat.read(tmp_path / "out.ipynb", as_version=4).cells[0].outputs[0].text
