@@ -27,6 +27,7 @@ The site gets repository and issues buttons when ``repository.url`` is set in ``
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import multiprocessing
 import os
@@ -282,10 +283,11 @@ def run_chapters(names: Sequence[str], run: Callable[[str], Any], executor: Exec
     return failure
 
 
-def _execute_chapter(name: str) -> None:
-    """Execute ``notebooks/<name>.ipynb`` into ``book/chapters`` (in a worker process)."""
+def _execute_chapter(stamps: dict[str, str], name: str) -> None:
+    """Execute ``notebooks/<name>.ipynb`` into ``book/chapters`` (in a worker process),
+    recording the fingerprint ``stamps`` holds for it."""
     source = NOTEBOOKS / f"{name}.ipynb"
-    execute(source, CHAPTERS / source.name, {}, fingerprint(source), progress=False)
+    execute(source, CHAPTERS / source.name, {}, stamps[name], progress=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -311,8 +313,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sources = select(args.only)
     if not args.only:
         remove_stale_chapters(sources)
-    stale = [] if args.no_execute else [
-        p.stem for p in sources if args.force or not is_current(CHAPTERS / p.name, fingerprint(p))]
+    stamps = {} if args.no_execute else {p.stem: fingerprint(p) for p in sources}
+    stale = [name for name, stamp in stamps.items()
+             if args.force or not is_current(CHAPTERS / f"{name}.ipynb", stamp)]
     if stale:
         print(f"executing {', '.join(stale)}; up to date: "
               f"{', '.join(p.stem for p in sources if p.stem not in stale) or 'none'}")
@@ -322,11 +325,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.environ.setdefault(variable, str(max(1, cores // jobs)))
         # fork: the workers need no re-import, and this process has started no thread yet
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
-            failure = run_chapters(stale, _execute_chapter, pool, jobs,
+            failure = run_chapters(stale, functools.partial(_execute_chapter, stamps), pool, jobs,
                                    report=lambda line: print(line, flush=True))
         if failure:
             print(f"build_book: {failure}", file=sys.stderr)
             return 1
+    elif stamps:
+        print(f"up to date: {', '.join(stamps)}")
     if not args.no_build:
         print("building the site with jupyter-book", flush=True)
         try:
