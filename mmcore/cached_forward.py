@@ -324,20 +324,16 @@ def _times_keys_t(x: Tensor, block: Tensor, own: Tensor, cached: CachedLayer) ->
     ``own`` in its room."""
     if cached.rows is None:
         return _times_block_t(block, x)
-    x = x.to(block.dtype)
-    out = x.new_empty(*x.shape[:3], cached.length + own.shape[2])
-    times_rows_t(x, block, cached.rows, cached.length, out)
-    out[..., cached.length:] = x @ own.to(x.dtype).transpose(-2, -1)
-    return out
+    return times_rows_t(x.to(block.dtype), block, cached.rows, cached.length,
+                        own.to(block.dtype))
 
 
 def _mix(weights: Tensor, block: Tensor, own: Tensor, cached: CachedLayer) -> Tensor:
     """weights @ [cached rows; own rows]: (B, H, K, Dh)."""
     if cached.rows is None:
         return weights @ block
-    weights = weights.to(block.dtype)
-    out = mix_rows(weights, block, cached.rows, cached.length)
-    return out.add_(weights[..., cached.length:] @ own.to(weights.dtype))
+    return mix_rows(weights.to(block.dtype), block, cached.rows, cached.length,
+                    own.to(block.dtype))
 
 
 class PromptAttention(torch.autograd.Function):

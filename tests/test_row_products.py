@@ -28,30 +28,49 @@ def torch_threads(request):
     torch.set_num_threads(before)
 
 
-def test_times_rows_t_is_x_times_the_rows_transposed_and_leaves_later_columns(torch_threads):
-    blocks, rows, length = _split_and_rows()
-    x = torch.randn(4, 3, 6, 16)
-    out = torch.full((4, 3, 6, length + 2), 7.0)
-    times_rows_t(x, blocks, rows, length, out)
-    expected = x @ blocks[rows, :, :length].transpose(-2, -1)
-    torch.testing.assert_close(out[..., :length], expected, atol=1e-5, rtol=1e-5)
-    assert bool((out[..., length:] == 7.0).all())  # the prompts' columns: the caller's
-    times_rows_t(x.transpose(-2, -1).contiguous().transpose(-2, -1), blocks, rows, length, out)
-    torch.testing.assert_close(out[..., :length], expected, atol=1e-5, rtol=1e-5)  # strided x
+def _own(queries: int) -> torch.Tensor:
+    return torch.randn(4, 3, queries, 16, generator=torch.Generator().manual_seed(1))
 
 
-def test_mix_rows_weights_the_rows_it_reads(torch_threads):
-    blocks, rows, length = _split_and_rows()
-    weights = torch.randn(4, 3, 6, length + 2)  # the prompts' columns are not read
-    expected = weights[..., :length] @ blocks[rows, :, :length]
-    torch.testing.assert_close(mix_rows(weights, blocks, rows, length), expected,
+def _gathered(blocks: torch.Tensor, rows: torch.Tensor, length: int, own: torch.Tensor
+              ) -> torch.Tensor:
+    """What the loops read: each sample's cached rows, then the prompts' own."""
+    return torch.cat([blocks[rows, :, :length], own], dim=2)
+
+
+# queries in whole groups of three and not (the loops take three at a time), an odd and an
+# even number of rows (two at a time), a single prompt
+SHAPES = pytest.mark.parametrize("queries,length", [(6, 9), (4, 9), (5, 8), (1, 11)],
+                                 ids=["K6-L9", "K4-L9", "K5-L8", "K1-L11"])
+
+
+@SHAPES
+def test_times_rows_t_is_x_times_the_cached_then_own_rows_transposed(torch_threads, queries,
+                                                                     length):
+    blocks, rows, _ = _split_and_rows()
+    x, own = torch.randn(4, 3, queries, 16), _own(queries)
+    expected = x @ _gathered(blocks, rows, length, own).transpose(-2, -1)
+    out = times_rows_t(x, blocks, rows, length, own)
+    assert out.shape == (4, 3, queries, length + queries)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    strided = x.transpose(-2, -1).contiguous().transpose(-2, -1)
+    torch.testing.assert_close(times_rows_t(strided, blocks, rows, length, own), expected,
+                               atol=1e-5, rtol=1e-5)
+
+
+@SHAPES
+def test_mix_rows_weights_the_cached_then_own_rows(torch_threads, queries, length):
+    blocks, rows, _ = _split_and_rows()
+    weights, own = torch.randn(4, 3, queries, length + queries), _own(queries)
+    expected = weights @ _gathered(blocks, rows, length, own)
+    torch.testing.assert_close(mix_rows(weights, blocks, rows, length, own), expected,
                                atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("torch_threads", [2], indirect=True, ids=["parallel"])
 def test_two_threads_run_the_loops_on_numbas_team_of_two(torch_threads):
     blocks, rows, length = _split_and_rows()
-    mix_rows(torch.randn(4, 3, 6, length), blocks, rows, length)
+    mix_rows(torch.randn(4, 3, 6, length + 6), blocks, rows, length, _own(6))
     assert numba.get_num_threads() == 2
     assert numba.threading_layer()  # raises where no team was started
 
@@ -62,8 +81,9 @@ def test_one_thread_never_starts_numbas_thread_team():
         "import numba, torch\n"
         "from mmcore.row_products import mix_rows\n"
         "torch.set_num_threads(1)\n"
-        "out = mix_rows(torch.ones(2, 1, 3, 5), torch.ones(4, 1, 5, 2), torch.tensor([3, 0]), 5)\n"
-        "assert bool((out == 5).all()), out\n"
+        "out = mix_rows(torch.ones(2, 1, 3, 6), torch.ones(4, 1, 5, 2), torch.tensor([3, 0]), 5,\n"
+        "               torch.ones(2, 1, 1, 2))\n"
+        "assert bool((out == 6).all()), out\n"
         "try:\n"
         "    print(numba.threading_layer())\n"
         "except ValueError:\n"
